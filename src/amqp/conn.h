@@ -1,0 +1,101 @@
+/* One shard's AMQP 0-9-1 connection with one channel, driven by the shard's
+ * loop: handshake (PLAIN auth, tune, open), basic.qos and basic.consume with
+ * manual acks, content assembly of deliveries, acks, heartbeats, cancel and
+ * close. rabbitmq-c is only the codec: amqp_handle_input decodes bytes we
+ * received through the ring; frames we send are built by amqp/frame.c. */
+#ifndef SLUICE_AMQP_CONN_H
+#define SLUICE_AMQP_CONN_H
+
+#include <amqp.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "amqp/url.h"
+#include "buf.h"
+#include "io/loop.h"
+
+enum mq_state {
+	MQ_CLOSED,	    /* no connection */
+	MQ_WAIT_START,	    /* protocol header sent; awaiting connection.start */
+	MQ_WAIT_TUNE,	    /* start-ok sent; awaiting connection.tune */
+	MQ_WAIT_OPEN_OK,    /* tune-ok and connection.open sent */
+	MQ_WAIT_CHANNEL_OK, /* channel.open sent */
+	MQ_WAIT_QOS_OK,	    /* basic.qos sent */
+	MQ_WAIT_CONSUME_OK, /* basic.consume sent */
+	MQ_CONSUMING,	    /* deliveries flow */
+	MQ_CANCELLING,	    /* basic.cancel sent; deliveries may still arrive */
+	MQ_CANCELLED,	    /* no more deliveries will arrive; acks still go out */
+	MQ_CLOSING,	    /* connection.close sent; awaiting close-ok */
+	MQ_FAILED,	    /* transport, protocol or broker error; reason says which */
+	MQ_NSTATES
+};
+
+/* What the connection tells its owner. The amqp_* arguments point into the
+ * codec's frame memory and are valid only during the call. */
+struct mq_handler {
+	void *ctx;
+	void (*deliver)(void *ctx, const amqp_basic_deliver_t *d);
+	void (*header)(void *ctx, const amqp_basic_properties_t *p, uint64_t body_size);
+	void (*body)(void *ctx, const void *bytes, size_t len);
+	void (*message_end)(void *ctx);
+	void (*depth)(void *ctx, uint32_t ready);
+};
+
+struct mq_params {
+	const struct mq_url *url;
+	const char *queue;
+	uint16_t prefetch;
+	const char *connection_name; /* shown in the broker's management UI */
+	uint64_t tag_recv, tag_send; /* loop tags of our completions */
+};
+
+struct mq {
+	struct mq_params p;
+	struct mq_handler h;
+	enum mq_state state;
+	int fd;
+	amqp_connection_state_t codec;
+	uint8_t *in;		 /* receive buffer */
+	bool recv_armed;
+	bool recv_paused;	 /* backpressure: owner stops reading */
+	struct buf out;		 /* frames queued, not yet handed to the kernel */
+	struct buf sending;	 /* frames in one send in flight (never realloc'd then) */
+	size_t sending_off;
+	char consumer_tag[256];
+	int heartbeat_s;	 /* negotiated; 0 = off */
+	int64_t last_recv_ms, last_send_ms;
+	uint64_t body_left;	 /* bytes of the current message still to come */
+	enum { MQ_CONTENT_NONE, MQ_CONTENT_HEADER, MQ_CONTENT_BODY } content;
+	bool depth_pending;
+	char reason[512];	 /* why the connection failed or closed */
+	uint64_t transitions;
+};
+
+/* Connect the TCP socket (blocking, bounded by a timeout) and queue the
+ * protocol header. Returns false with mq->reason set. */
+bool mq_open(struct mq *m, const struct mq_params *p, const struct mq_handler *h)
+	__attribute__((warn_unused_result));
+void mq_free(struct mq *m);
+
+/* Hand queued frames to the kernel and keep a receive armed. */
+int mq_pump(struct mq *m, struct loop *l, int64_t now_ms);
+/* Completions of our receive and send; false when the connection failed. */
+bool mq_on_recv(struct mq *m, int res, int64_t now_ms) __attribute__((warn_unused_result));
+bool mq_on_send(struct mq *m, int res) __attribute__((warn_unused_result));
+/* Heartbeats: send when due, fail when the peer has been silent too long.
+ * Returns the next deadline (monotonic ms) or INT64_MAX. */
+int64_t mq_tick(struct mq *m, int64_t now_ms);
+
+/* Feed received bytes to the codec and dispatch frames (exposed for tests
+ * and fuzzing; mq_on_recv calls it). */
+bool mq_input(struct mq *m, const uint8_t *p, size_t n) __attribute__((warn_unused_result));
+
+void mq_ack(struct mq *m, uint64_t delivery_tag);
+void mq_cancel(struct mq *m);
+void mq_close(struct mq *m, const char *why);
+/* Ask for the queue's ready count (passive queue.declare); answered via
+ * handler->depth. Ignored while one request is outstanding. */
+void mq_request_depth(struct mq *m);
+const char *mq_state_name(enum mq_state s);
+
+#endif

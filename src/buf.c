@@ -1,0 +1,28 @@
+/* Growth policy for struct buf: doubling, starting at 4 KiB. */
+#include "buf.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+uint8_t *buf_reserve(struct buf *b, size_t n)
+{
+	if (b->cap - b->len >= n)
+		return b->data + b->len;
+	size_t cap = b->cap ? b->cap : 4096;
+	while (cap - b->len < n)
+		cap *= 2;
+	uint8_t *p = realloc(b->data, cap);
+	if (!p) {
+		fprintf(stderr, "sluice: out of memory growing a buffer to %zu bytes\n", cap);
+		abort();
+	}
+	b->data = p;
+	b->cap = cap;
+	return b->data + b->len;
+}
+
+void buf_free(struct buf *b)
+{
+	free(b->data);
+	*b = (struct buf){0};
+}

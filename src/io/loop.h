@@ -1,0 +1,64 @@
+/* The shard's event loop interface, completion-based: submit a receive, a
+ * send or a readiness poll tagged with a 64-bit value, then wait for
+ * completions. One backend today (io_uring); the interface is what an epoll
+ * backend implements too (Redis's ae idea: a small vtable, backends apart). */
+#ifndef SLUICE_IO_LOOP_H
+#define SLUICE_IO_LOOP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct loop_completion {
+	uint64_t tag;
+	int res; /* bytes, poll revents, or -errno */
+};
+
+struct loop;
+
+struct loop_backend {
+	const char *name;
+	int (*recv)(struct loop *l, int fd, void *buf, size_t len, uint64_t tag);
+	int (*send)(struct loop *l, int fd, const void *buf, size_t len, uint64_t tag);
+	/* One-shot readiness poll; completes with the revents mask. */
+	int (*poll)(struct loop *l, int fd, unsigned events, uint64_t tag);
+	/* Submit what is queued, then wait up to timeout_ms (-1: forever) for
+	 * at least one completion; returns how many were stored, or -errno. */
+	int (*wait)(struct loop *l, struct loop_completion *out, int max, int timeout_ms);
+	void (*destroy)(struct loop *l);
+};
+
+struct loop {
+	const struct loop_backend *be;
+};
+
+/* Create the io_uring loop; on failure returns NULL and says why in `why`. */
+struct loop *loop_uring_new(unsigned entries, char *why, size_t whylen);
+
+static inline int loop_recv(struct loop *l, int fd, void *buf, size_t len, uint64_t tag)
+{
+	return l->be->recv(l, fd, buf, len, tag);
+}
+
+static inline int loop_send(struct loop *l, int fd, const void *buf, size_t len, uint64_t tag)
+{
+	return l->be->send(l, fd, buf, len, tag);
+}
+
+static inline int loop_poll(struct loop *l, int fd, unsigned events, uint64_t tag)
+{
+	return l->be->poll(l, fd, events, tag);
+}
+
+static inline int loop_wait(struct loop *l, struct loop_completion *out, int max,
+			    int timeout_ms)
+{
+	return l->be->wait(l, out, max, timeout_ms);
+}
+
+static inline void loop_destroy(struct loop *l)
+{
+	if (l)
+		l->be->destroy(l);
+}
+
+#endif

@@ -1,0 +1,160 @@
+/* sluice: drains a RabbitMQ queue into a PostgreSQL table with COPY.
+ * The main thread parses the configuration, prepares the table, starts one
+ * shard per CPU and then only waits: for signals, for shards that finish,
+ * and for the next status line. */
+#include <errno.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "obs/status.h"
+#include "pg/schema.h"
+#include "shard.h"
+#include "version.h"
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Prepare the table once, before any shard connects. */
+static char *prepare_table(const struct config *cfg)
+{
+	const char *keys[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
+	const char *vals[] = {cfg->postgres_dsn, "sluice", "UTF8", NULL};
+	PGconn *pg = PQconnectdbParams(keys, vals, 1);
+	char *copy_sql = NULL;
+	if (PQstatus(pg) != CONNECTION_OK)
+		log_error("PostgreSQL: %s (POSTGRES_DSN)", PQerrorMessage(pg));
+	else
+		copy_sql = schema_prepare(pg, cfg);
+	PQfinish(pg);
+	return copy_sql;
+}
+
+/* Wait for shards, signals and status ticks; returns the exit status. */
+static int supervise(struct shard **shards, int n, const struct config *cfg)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGUSR1);
+
+	bool tty = isatty(STDERR_FILENO);
+	int64_t interval_ms = cfg->stats_interval_s * 1000;
+	if (tty && interval_ms > 0)
+		interval_ms = 1000;
+	struct status st;
+	status_init(&st, tty, now_ms());
+	int64_t next_status = now_ms() + interval_ms;
+	bool stopping = false, failed = false;
+
+	for (;;) {
+		int running = 0;
+		for (int i = 0; i < n; i++)
+			running += !shard_finished(shards[i]);
+		if (running == 0)
+			break;
+		if (running < n && !stopping) {
+			/* A shard ended on its own: an error, or --until-empty. */
+			for (int i = 0; i < n; i++)
+				shard_stop(shards[i]);
+			stopping = true;
+		}
+
+		int64_t wait = interval_ms > 0 ? next_status - now_ms() : 1000;
+		if (wait < 0)
+			wait = 0;
+		struct timespec ts = {.tv_sec = wait / 1000, .tv_nsec = (wait % 1000) * 1000000};
+		int sig = sigtimedwait(&set, NULL, &ts);
+		if (sig == SIGINT || sig == SIGTERM) {
+			if (stopping) {
+				log_warn("second signal: exiting now; unacked messages will be "
+					 "redelivered by the broker");
+				_exit(1);
+			}
+			log_info("%s: finishing in-flight batches (at most %ld s)", strsignal(sig),
+				 cfg->drain_timeout_s);
+			for (int i = 0; i < n; i++)
+				shard_stop(shards[i]);
+			stopping = true;
+		}
+		if (interval_ms > 0 && now_ms() >= next_status) {
+			status_print(&st, shards, n, now_ms(), false);
+			next_status = now_ms() + interval_ms;
+		}
+	}
+	status_print(&st, shards, n, now_ms(), true);
+	for (int i = 0; i < n; i++)
+		failed |= shard_join(shards[i]) != 0;
+	return failed ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct config cfg;
+	char err[512];
+
+	switch (config_load(&cfg, argc, argv, err, sizeof(err))) {
+	case CONFIG_OK:
+		break;
+	case CONFIG_EXIT:
+		config_free(&cfg);
+		return 0;
+	case CONFIG_ERROR:
+		fprintf(stderr, "sluice: %s\n", err);
+		config_free(&cfg);
+		return 2;
+	}
+
+	/* Signals are taken by the main thread's sigtimedwait only; shards
+	 * inherit the mask. SIGPIPE cannot happen (MSG_NOSIGNAL), but libpq
+	 * writes with send() too, so ignore it outright. */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	char where[300];
+	mq_url_redacted(&cfg.amqp, where, sizeof(where));
+	log_info("sluice %s: queue '%s' at %s -> table %s, %ld shards, batches of %ld rows",
+		 SLUICE_VERSION, cfg.queue, where, cfg.table, cfg.shards, cfg.batch_rows);
+
+	char *copy_sql = prepare_table(&cfg);
+	if (!copy_sql) {
+		config_free(&cfg);
+		return 1;
+	}
+
+	struct shard **shards = calloc((size_t)cfg.shards, sizeof(*shards));
+	int n = 0;
+	while (shards && n < cfg.shards) {
+		shards[n] = shard_start(n, &cfg, copy_sql);
+		if (!shards[n])
+			break;
+		n++;
+	}
+	int rc = n == cfg.shards ? 0 : 1;
+	if (rc != 0)
+		for (int i = 0; i < n; i++)
+			shard_stop(shards[i]);
+	if (n > 0 && supervise(shards, n, &cfg) != 0)
+		rc = 1;
+	free(shards);
+	free(copy_sql);
+	config_free(&cfg);
+	return rc;
+}
