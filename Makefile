@@ -44,8 +44,8 @@ $(BUILD)/loadgen: $(LOADGEN_SRCS) | deps
 	$(CC) -std=gnu11 $(WARN) $(CFLAGS) -D_GNU_SOURCE $^ -o $@ -lrabbitmq -lpthread -lm
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsluice.a
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
+	@mkdir -p $(dir $@) $(BUILD)/obj/tests
+	$(CC) $(ALL_CFLAGS) -MF $(BUILD)/obj/tests/$*.d $^ -o $@ $(LIBS)
 
 check: all $(UNIT_BINS)
 	@tools/servers.sh start
@@ -63,4 +63,4 @@ servers-stop:
 clean:
 	rm -rf $(BUILD)
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

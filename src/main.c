@@ -15,6 +15,7 @@
 #include "config.h"
 #include "log.h"
 #include "obs/status.h"
+#include "pg/connect.h"
 #include "pg/schema.h"
 #include "shard.h"
 #include "version.h"
@@ -29,14 +30,10 @@ static int64_t now_ms(void)
 /* Prepare the table once, before any shard connects. */
 static char *prepare_table(const struct config *cfg)
 {
-	const char *keys[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
-	const char *vals[] = {cfg->postgres_dsn, "sluice", "UTF8", NULL};
-	PGconn *pg = PQconnectdbParams(keys, vals, 1);
-	char *copy_sql = NULL;
-	if (PQstatus(pg) != CONNECTION_OK)
-		log_error("PostgreSQL: %s (POSTGRES_DSN)", PQerrorMessage(pg));
-	else
-		copy_sql = schema_prepare(pg, cfg);
+	PGconn *pg = pg_connect(cfg);
+	if (!pg)
+		return NULL;
+	char *copy_sql = schema_prepare(pg, cfg);
 	PQfinish(pg);
 	return copy_sql;
 }

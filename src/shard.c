@@ -18,6 +18,7 @@
 #include "amqp/conn.h"
 #include "io/loop.h"
 #include "log.h"
+#include "pg/connect.h"
 #include "pg/copy.h"
 #include "row/copybin.h"
 #include "row/envelope.h"
@@ -376,19 +377,6 @@ static void shard_pin(struct shard *s)
 	}
 }
 
-static PGconn *shard_pg_connect(const struct config *cfg)
-{
-	const char *keys[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
-	const char *vals[] = {cfg->postgres_dsn, "sluice", "UTF8", NULL};
-	PGconn *pg = PQconnectdbParams(keys, vals, 1);
-	if (PQstatus(pg) != CONNECTION_OK) {
-		log_error("PostgreSQL: %s (POSTGRES_DSN)", PQerrorMessage(pg));
-		PQfinish(pg);
-		return NULL;
-	}
-	return pg;
-}
-
 static void *shard_main(void *arg)
 {
 	struct shard *s = arg;
@@ -401,7 +389,7 @@ static void *shard_main(void *arg)
 		log_error("cannot set up io_uring: %s", why);
 		goto out;
 	}
-	s->pg = shard_pg_connect(s->cfg);
+	s->pg = pg_connect(s->cfg);
 	if (!s->pg)
 		goto out;
 	if (PQsetnonblocking(s->pg, 1) != 0) {

@@ -25,10 +25,16 @@
 #define MQ_IN_SIZE (256 * 1024)
 #define MQ_CHANNEL 1
 #define MQ_CONNECT_TIMEOUT_MS 10000
+#define MQ_HANDSHAKE_TIMEOUT_MS 30000
 #define MQ_DEFAULT_FRAME_MAX 131072
 /* amqp_handle_input reports a protocol header from the server (it rejects
  * our version) as this frame type; rabbitmq-c keeps the name private. */
 #define MQ_FRAME_PROTOCOL_HEADER 'A'
+
+/* States before deliveries can flow, bounded by MQ_HANDSHAKE_TIMEOUT_MS. */
+#define MQ_HANDSHAKE                                                            \
+	(1u << MQ_WAIT_START | 1u << MQ_WAIT_TUNE | 1u << MQ_WAIT_OPEN_OK |     \
+	 1u << MQ_WAIT_CHANNEL_OK | 1u << MQ_WAIT_QOS_OK | 1u << MQ_WAIT_CONSUME_OK)
 
 static const char *const mq_names[MQ_NSTATES] = {
 	"closed", "wait-start", "wait-tune", "wait-open-ok", "wait-channel-ok",
@@ -39,9 +45,6 @@ static const char *const mq_names[MQ_NSTATES] = {
 const char *mq_state_name(enum mq_state s) { return mq_names[s]; }
 
 #define B(s) (1u << (s))
-#define MQ_HANDSHAKE                                                            \
-	(B(MQ_WAIT_START) | B(MQ_WAIT_TUNE) | B(MQ_WAIT_OPEN_OK) |              \
-	 B(MQ_WAIT_CHANNEL_OK) | B(MQ_WAIT_QOS_OK) | B(MQ_WAIT_CONSUME_OK))
 static const unsigned mq_next[MQ_NSTATES] = {
 	[MQ_CLOSED] = B(MQ_WAIT_START) | B(MQ_FAILED),
 	[MQ_WAIT_START] = B(MQ_WAIT_TUNE) | B(MQ_CLOSING) | B(MQ_FAILED),
@@ -563,8 +566,18 @@ bool mq_on_send(struct mq *m, int res)
 
 int64_t mq_tick(struct mq *m, int64_t now_ms)
 {
-	if (m->heartbeat_s == 0 || m->state == MQ_FAILED || m->state == MQ_CLOSED ||
-	    (1u << m->state) & (1u << MQ_WAIT_START | 1u << MQ_WAIT_TUNE))
+	if ((1u << m->state) & MQ_HANDSHAKE) {
+		if (!m->handshake_deadline_ms)
+			m->handshake_deadline_ms = now_ms + MQ_HANDSHAKE_TIMEOUT_MS;
+		if (now_ms >= m->handshake_deadline_ms) {
+			mq_fail(m, "no answer to the AMQP handshake in %d s (is RABBITMQ_URL a "
+				   "RabbitMQ listener?)", MQ_HANDSHAKE_TIMEOUT_MS / 1000);
+			return INT64_MAX;
+		}
+		if (m->state == MQ_WAIT_START || m->state == MQ_WAIT_TUNE)
+			return m->handshake_deadline_ms;
+	}
+	if (m->heartbeat_s == 0 || m->state == MQ_FAILED || m->state == MQ_CLOSED)
 		return INT64_MAX;
 	int64_t hb_ms = (int64_t)m->heartbeat_s * 1000;
 	if (m->recv_paused) /* we stopped reading on purpose */

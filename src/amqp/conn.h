@@ -64,6 +64,7 @@ struct mq {
 	char consumer_tag[256];
 	int heartbeat_s;	 /* negotiated; 0 = off */
 	int64_t last_recv_ms, last_send_ms;
+	int64_t handshake_deadline_ms; /* set on the first tick */
 	uint64_t body_left;	 /* bytes of the current message still to come */
 	enum { MQ_CONTENT_NONE, MQ_CONTENT_HEADER, MQ_CONTENT_BODY } content;
 	bool depth_pending;
