@@ -31,6 +31,8 @@ struct opt_def {
 
 static const char *const body_types[] = {"bytea", "jsonb", "text", NULL};
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
+/* In the order of enum loop_choice. */
+static const char *const io_backends[] = {"auto", "uring", "epoll", NULL};
 
 #define OFF(field) offsetof(struct config, field)
 
@@ -65,6 +67,8 @@ static const struct opt_def opts[] = {
 	 OFF(stats_interval_s), "seconds between status lines; 0 = none (1 s, in place, on a TTY)"},
 	{"log-level", "SLUICE_LOG_LEVEL", OPT_ENUM, "info", 0, 0, log_levels, OFF(log_level),
 	 "error, warn, info or debug"},
+	{"io", "SLUICE_IO", OPT_ENUM, "auto", 0, 0, io_backends, OFF(io),
+	 "socket I/O: uring, epoll, or auto (io_uring, else epoll)"},
 };
 
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))

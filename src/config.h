@@ -29,6 +29,7 @@ struct config {
 	bool until_empty;
 	long stats_interval_s;
 	long log_level; /* enum log_level */
+	long io;	/* enum loop_choice */
 };
 
 enum config_result {

@@ -38,7 +38,6 @@ enum shard_phase {
 	SHARD_DONE,  /* connection closed or failed: leave the loop */
 };
 
-#define SHARD_RING_ENTRIES 64
 #define SHARD_DEPTH_POLL_MS 1000
 /* --until-empty: quiet this long before asking whether the queue is empty. */
 #define SHARD_IDLE_PROBE_MS 200
@@ -384,11 +383,16 @@ static void *shard_main(void *arg)
 
 	log_set_context(s->name);
 	shard_pin(s);
-	s->loop = loop_uring_new(SHARD_RING_ENTRIES, why, sizeof(why));
+	s->loop = loop_open((enum loop_choice)s->cfg->io, why, sizeof(why));
 	if (!s->loop) {
-		log_error("cannot set up io_uring: %s", why);
+		log_error("cannot set up the event loop: %s (SLUICE_IO)", why);
 		goto out;
 	}
+	if (s->id == 0 && why[0])
+		log_warn("io_uring is unavailable (%s); running on epoll. In a container, "
+			 "allow io_uring_setup, io_uring_enter and io_uring_register in the "
+			 "seccomp profile; on a host, check sysctl kernel.io_uring_disabled",
+			 why);
 	s->pg = pg_connect(s->cfg);
 	if (!s->pg)
 		goto out;
@@ -419,7 +423,8 @@ static void *shard_main(void *arg)
 	};
 	if (!mq_open(&s->mq, &p, &h))
 		goto out;
-	log_debug("started on %s", s->loop->be->name);
+	if (s->id == 0)
+		log_info("I/O backend: %s", s->loop->be->name);
 	s->exit_code = 0;
 	shard_run(s);
 	if (s->exit_code == 0)

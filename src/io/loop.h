@@ -1,10 +1,11 @@
 /* The shard's event loop interface, completion-based: submit a receive, a
  * send or a readiness poll tagged with a 64-bit value, then wait for
- * completions. One backend today (io_uring); the interface is what an epoll
- * backend implements too (Redis's ae idea: a small vtable, backends apart). */
+ * completions. Two backends: io_uring, and epoll where io_uring is blocked
+ * (Redis's ae idea: a small vtable, backends apart). */
 #ifndef SLUICE_IO_LOOP_H
 #define SLUICE_IO_LOOP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,8 +32,14 @@ struct loop {
 	const struct loop_backend *be;
 };
 
-/* Create the io_uring loop; on failure returns NULL and says why in `why`. */
+enum loop_choice { LOOP_AUTO, LOOP_URING, LOOP_EPOLL };
+
+/* Create a loop. LOOP_AUTO takes io_uring and falls back to epoll; then
+ * `why` says why io_uring could not be used (empty when it was). On failure
+ * returns NULL and says why. */
+struct loop *loop_open(enum loop_choice choice, char *why, size_t whylen);
 struct loop *loop_uring_new(unsigned entries, char *why, size_t whylen);
+struct loop *loop_epoll_new(char *why, size_t whylen);
 
 static inline int loop_recv(struct loop *l, int fd, void *buf, size_t len, uint64_t tag)
 {
