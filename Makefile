@@ -1,5 +1,6 @@
 # sluice build. `make` builds build/sluice and build/loadgen; `make check`
-# runs the tests against local servers; `make demo` runs a demo ingest.
+# runs the tests against local servers; `make demo` runs a demo ingest;
+# `make bench` / `make bench-quick` run the benchmarks.
 # Every target that needs packages runs tools/deps.sh first (quick when
 # nothing is missing), so a fresh Debian 12 machine needs no manual step.
 
@@ -22,7 +23,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 LOADGEN_SRCS := $(wildcard bench/loadgen/*.c)
 
-.PHONY: all deps check demo servers-start servers-stop clean
+.PHONY: all deps check demo bench bench-quick servers-start servers-stop clean
 
 all: $(BUILD)/sluice $(BUILD)/loadgen
 
@@ -53,6 +54,16 @@ check: all $(UNIT_BINS)
 
 demo: all
 	@tools/demo.sh
+
+# Benchmarks: sluice against the broker's and PostgreSQL's limits and peer
+# consumers, side by side in one run (bench/run.py; results in bench/results).
+bench: all
+	@tools/servers.sh start
+	@/usr/bin/python3 bench/run.py --plot
+
+bench-quick: all
+	@tools/servers.sh start
+	@/usr/bin/python3 bench/run.py --quick --plot
 
 servers-start:
 	@tools/servers.sh start
