@@ -46,7 +46,7 @@ $(BUILD)/loadgen: $(LOADGEN_SRCS) | deps
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsluice.a
 	@mkdir -p $(dir $@) $(BUILD)/obj/tests
-	$(CC) $(ALL_CFLAGS) -MF $(BUILD)/obj/tests/$*.d $^ -o $@ $(LIBS)
+	$(CC) $(ALL_CFLAGS) -MF $(BUILD)/obj/tests/$*.d $(filter %.c %.a,$^) -o $@ $(LIBS)
 
 check: all $(UNIT_BINS)
 	@tools/servers.sh start

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "pg/connect.h"
 #include "version.h"
 
 enum opt_kind { OPT_STR, OPT_INT, OPT_BYTES, OPT_BOOL, OPT_ENUM };
@@ -217,6 +218,8 @@ static enum config_result config_finish(struct config *c, char *err, size_t errl
 		c->table = strdup(c->queue);
 	}
 	if (mq_url_parse(c->rabbitmq_url, &c->amqp, err, errlen) < 0)
+		return CONFIG_ERROR;
+	if (pg_dsn_check(c->postgres_dsn, err, errlen) < 0)
 		return CONFIG_ERROR;
 	if (c->shards == 0)
 		c->shards = online_cpus();

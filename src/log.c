@@ -42,9 +42,13 @@ void log_emit(enum log_level level, const char *fmt, ...)
 	va_end(ap);
 	if (n > (int)sizeof(line) - 2)
 		n = (int)sizeof(line) - 2;
-	/* Multi-line messages from libpq end in '\n' already: keep one. */
+	/* One event, one line: libpq's messages end in '\n' and some span
+	 * lines (ERROR, then LINE 1: ...); fold them. */
 	while (n > 0 && line[n - 1] == '\n')
 		n--;
+	for (int i = 0; i < n; i++)
+		if (line[i] == '\n')
+			line[i] = ' ';
 	line[n++] = '\n';
 	ssize_t w = write(STDERR_FILENO, line, (size_t)n);
 	(void)w;

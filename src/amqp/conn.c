@@ -207,6 +207,10 @@ static bool mq_on_start(struct mq *m, const amqp_connection_start_t *s)
 		 .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value.boolean = 1}},
 		{.key = amqp_cstring_bytes("basic.nack"),
 		 .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value.boolean = 1}},
+		/* Without it RabbitMQ answers bad credentials by dropping the
+		 * socket; with it, by connection.close 403 (auth-notification.html). */
+		{.key = amqp_cstring_bytes("authentication_failure_close"),
+		 .value = {.kind = AMQP_FIELD_KIND_BOOLEAN, .value.boolean = 1}},
 	};
 	amqp_table_entry_t props[] = {
 		{.key = amqp_cstring_bytes("product"),
@@ -219,7 +223,7 @@ static bool mq_on_start(struct mq *m, const amqp_connection_start_t *s)
 			   .value.bytes = amqp_cstring_bytes(m->p.connection_name)}},
 		{.key = amqp_cstring_bytes("capabilities"),
 		 .value = {.kind = AMQP_FIELD_KIND_TABLE,
-			   .value.table = {.num_entries = 2, .entries = caps}}},
+			   .value.table = {.num_entries = 3, .entries = caps}}},
 	};
 
 	/* SASL PLAIN (RFC 4616): authzid NUL authcid NUL password. */
@@ -535,7 +539,10 @@ bool mq_on_recv(struct mq *m, int res, int64_t now_ms)
 				mq_set_state(m, MQ_CLOSED);
 			return true;
 		}
-		return mq_fail(m, "the broker closed the connection");
+		return mq_fail(m, "the broker closed the connection%s",
+			       m->state == MQ_WAIT_TUNE
+				       ? " during login (check the user and password in RABBITMQ_URL)"
+				       : "");
 	}
 	if (res < 0)
 		return mq_fail(m, "receive failed: %s", strerror(-res));

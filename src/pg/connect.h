@@ -4,9 +4,14 @@
 #define SLUICE_PG_CONNECT_H
 
 #include <libpq-fe.h>
+#include <stddef.h>
 
 #include "config.h"
 
+/* Check that dsn parses as a libpq connection string or URI; returns 0, or
+ * -1 with a reason naming POSTGRES_DSN that quotes none of the DSN (libpq's
+ * parse errors quote the offending token, which may be the password). */
+int pg_dsn_check(const char *dsn, char *err, size_t errlen);
 /* Blocking connect; returns NULL after logging why, naming POSTGRES_DSN. */
 PGconn *pg_connect(const struct config *cfg);
 

@@ -45,11 +45,13 @@ static PGresult *schema_query(PGconn *conn, const char *sql, const char *param)
 	ExecStatusType st = PQresultStatus(res);
 	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
 		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-		log_error("PostgreSQL: %s(SQLSTATE %s)%s", PQresultErrorMessage(res),
-			  state ? state : "none",
-			  state && strcmp(state, "42501") == 0
-				  ? "; grant the role in POSTGRES_DSN the privilege"
-				  : "");
+		const char *hint = "preparing the table named by SLUICE_TABLE";
+		if (state && strcmp(state, "42501") == 0)
+			hint = "grant the role in POSTGRES_DSN the privilege";
+		else if (state && strcmp(state, "3F000") == 0)
+			hint = "the schema in SLUICE_TABLE does not exist";
+		log_error("PostgreSQL: %s (SQLSTATE %s; %s)", PQresultErrorMessage(res),
+			  state ? state : "none", hint);
 		PQclear(res);
 		return NULL;
 	}

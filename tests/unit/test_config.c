@@ -132,6 +132,20 @@ static void test_options(void)
 	config_free(&c);
 	unsetenv("RABBITMQ_URL");
 
+	/* libpq quotes the bad token of a DSN it cannot parse: never echo it. */
+	setenv("POSTGRES_DSN", "postgresql://u:Wr0ngSecret!x%ZZ@127.0.0.1:1/db", 1);
+	CHECK(load(&c, err, sizeof(err), 1) == CONFIG_ERROR);
+	CHECK(strstr(err, "POSTGRES_DSN") != NULL && strstr(err, "Wr0ngSecret") == NULL);
+	config_free(&c);
+	setenv("POSTGRES_DSN", "host=h password='Wr0ngSecret port=1", 1);
+	CHECK(load(&c, err, sizeof(err), 1) == CONFIG_ERROR);
+	CHECK(strstr(err, "POSTGRES_DSN") != NULL && strstr(err, "Wr0ngSecret") == NULL);
+	config_free(&c);
+	setenv("POSTGRES_DSN", "host=h password=ok", 1);
+	CHECK(load(&c, err, sizeof(err), 1) == CONFIG_OK);
+	config_free(&c);
+	unsetenv("POSTGRES_DSN");
+
 	CHECK(load(&c, err, sizeof(err), 2, "stray") == CONFIG_ERROR);
 	config_free(&c);
 }
