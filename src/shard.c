@@ -299,8 +299,8 @@ static void shard_timers(struct shard *s)
 		s->deliveries_at_probe = s->deliveries;
 		mq_request_depth(&s->mq);
 	}
-	s->next_depth_ms = s->now_ms + (s->cfg->until_empty && quiet ? SHARD_IDLE_PROBE_MS
-								     : SHARD_DEPTH_POLL_MS);
+	s->next_depth_ms = s->now_ms + (s->cfg->until_empty ? SHARD_IDLE_PROBE_MS
+							    : SHARD_DEPTH_POLL_MS);
 }
 
 static void shard_dispatch(struct shard *s, const struct loop_completion *c)
