@@ -818,12 +818,55 @@ def print_table(records):
                   f"{' '.join(f'{kb / 1024:.1f}' for kb in s[:60])}")
 
 
+SCENARIO_TITLES = {
+    "a": "a: one queue, 200-byte JSON",
+    "b": "b: two queues, one consumer process per queue",
+    "c": "c: one queue, 4 KiB JSON",
+    "d": "d: rate-limited to half of sluice's peak",
+    "e": "e: backlog drained by sluice (memory)",
+}
+
+
+def markdown(records):
+    """PERF.md's tables: per scenario, each figure beside its ratio to sluice
+    and msgs/s beside its ratio to the broker's limit (broker-null)."""
+    out = []
+    for scen in sorted({r["scenario"] for r in records}):
+        rows = [r for r in records if r["scenario"] == scen]
+        base = next((r for r in rows if r["system"] == "sluice"), None)
+        limit = next((r for r in rows if r["system"] == "broker-null"), None)
+
+        def ratio(r, ref, key):
+            if not ref or not r.get(key) or not ref.get(key):
+                return "–"
+            return f"{r[key] / ref[key]:.2f}"
+
+        lat = any(r.get("latency_p50_ms") is not None for r in rows)
+        out.append(f"#### {SCENARIO_TITLES.get(scen, scen)}\n")
+        out.append("| system | msgs | msgs/s | × sluice | × broker-null | CPU µs/msg | × sluice "
+                   "| peak RSS MiB | ok |" + (" latency p50/p99 ms |" if lat else ""))
+        out.append("|---|--:|--:|--:|--:|--:|--:|--:|---|" + ("--:|" if lat else ""))
+        for r in rows:
+            rss = f"{r['peak_rss_kb'] / 1024:.1f}" if r.get("peak_rss_kb") else "–"
+            line = (f"| {r['system']} | {r['msgs']} | {fmt(r['msgs_per_s'], ',.0f')} "
+                    f"| {ratio(r, base, 'msgs_per_s')} | {ratio(r, limit, 'msgs_per_s')} "
+                    f"| {fmt(r['cpu_us_per_msg'], '.1f')} | {ratio(r, base, 'cpu_us_per_msg')} "
+                    f"| {rss} | {'yes' if r['ok'] else 'NO'} |")
+            if lat:
+                p50, p99 = r.get("latency_p50_ms"), r.get("latency_p99_ms")
+                line += f" {fmt(p50, '.1f')}/{fmt(p99, '.1f')} |" if p50 is not None else " – |"
+            out.append(line)
+        out.append("")
+    return "\n".join(out)
+
+
 def write_results(records, started):
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(records, indent=1) + "\n"
     (RESULTS / f"{started}.json").write_text(text)
     (RESULTS / "latest.json").write_text(text)
-    log(f"wrote bench/results/latest.json and bench/results/{started}.json")
+    (RESULTS / "latest.md").write_text(markdown(records))
+    log(f"wrote bench/results/latest.json, latest.md and {started}.json")
 
 
 def plot(path_json=RESULTS / "latest.json", out=RESULTS / "latest.png"):
@@ -876,8 +919,13 @@ def main():
     ap.add_argument("--plot", action="store_true", help="also write bench/results/latest.png")
     ap.add_argument("--plot-only", action="store_true", help="only plot latest.json")
     ap.add_argument("--no-deps", action="store_true", help="skip the package checks")
+    ap.add_argument("--report", action="store_true",
+                    help="print latest.json as PERF.md's markdown tables")
     args = ap.parse_args()
 
+    if args.report:
+        print(markdown(json.loads((RESULTS / "latest.json").read_text())))
+        return
     if args.plot_only:
         if not args.no_deps:
             apt_install(["gnuplot-nox"])

@@ -4,10 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-uint8_t *buf_reserve(struct buf *b, size_t n)
+void buf_grow(struct buf *b, size_t n)
 {
-	if (b->cap - b->len >= n)
-		return b->data + b->len;
 	size_t cap = b->cap ? b->cap : 4096;
 	while (cap - b->len < n)
 		cap *= 2;
@@ -18,7 +16,6 @@ uint8_t *buf_reserve(struct buf *b, size_t n)
 	}
 	b->data = p;
 	b->cap = cap;
-	return b->data + b->len;
 }
 
 void buf_free(struct buf *b)

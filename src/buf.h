@@ -15,9 +15,18 @@ struct buf {
 	size_t cap;
 };
 
-/* Make room for at least n more bytes; returns a pointer to the free space. */
-uint8_t *buf_reserve(struct buf *b, size_t n);
+/* Grow so that n more bytes fit (the slow path of buf_reserve). */
+void buf_grow(struct buf *b, size_t n);
 void buf_free(struct buf *b);
+
+/* Make room for at least n more bytes; returns a pointer to the free space.
+ * Inline: it runs for every field of every row. */
+static inline uint8_t *buf_reserve(struct buf *b, size_t n)
+{
+	if (__builtin_expect(b->cap - b->len < n, 0))
+		buf_grow(b, n);
+	return b->data + b->len;
+}
 
 static inline void buf_reset(struct buf *b) { b->len = 0; }
 
