@@ -23,7 +23,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 LOADGEN_SRCS := $(wildcard bench/loadgen/*.c)
 
-.PHONY: all deps check demo bench bench-quick servers-start servers-stop clean
+.PHONY: all deps check demo bench bench-quick static servers-start servers-stop clean
 
 all: $(BUILD)/sluice $(BUILD)/loadgen
 
@@ -48,9 +48,15 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsluice.a
 	@mkdir -p $(dir $@) $(BUILD)/obj/tests
 	$(CC) $(ALL_CFLAGS) -MF $(BUILD)/obj/tests/$*.d $(filter %.c %.a,$^) -o $@ $(LIBS)
 
-check: all $(UNIT_BINS)
+# The static build is part of check: test_emptyroot runs it as distroless would.
+check: all $(UNIT_BINS) static
 	@tools/servers.sh start
 	@tests/run.sh
+
+# build/static/sluice and loadgen, fully static, from Debian sources (libpq,
+# mimalloc) and Debian's static archives; pinned versions in tools/static.sh.
+static: | deps
+	@tools/static.sh
 
 demo: all
 	@tools/demo.sh
@@ -74,4 +80,4 @@ servers-stop:
 clean:
 	rm -rf $(BUILD)
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

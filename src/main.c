@@ -4,6 +4,9 @@
  * and for the next status line. */
 #include <errno.h>
 #include <libpq-fe.h>
+#ifdef SLUICE_STATIC
+#include <nss.h>
+#endif
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -97,10 +100,25 @@ static int supervise(struct shard **shards, int n, const struct config *cfg)
 	return failed ? 1 : 0;
 }
 
+/* A static glibc has only its built-in "files" and "dns" NSS services; any
+ * other service nsswitch.conf names (distroless's "passwd: compat", a host's
+ * systemd or sss) it would dlopen(), which fails in an empty root and mixes
+ * two glibcs elsewhere. libpq looks up the user and HOME through passwd. */
+static void nss_static_setup(void)
+{
+#ifdef SLUICE_STATIC
+	__nss_configure_lookup("passwd", "files");
+	__nss_configure_lookup("group", "files");
+	__nss_configure_lookup("hosts", "files dns");
+#endif
+}
+
 int main(int argc, char **argv)
 {
 	struct config cfg;
 	char err[512];
+
+	nss_static_setup();
 
 	switch (config_load(&cfg, argc, argv, err, sizeof(err))) {
 	case CONFIG_OK:
