@@ -7,6 +7,7 @@
 #include "amqp/url.h"
 #include "check.h"
 #include "config.h"
+#include "pg/connect.h"
 
 static void test_url(void)
 {
@@ -150,9 +151,33 @@ static void test_options(void)
 	config_free(&c);
 }
 
+static void test_rootcert(void)
+{
+	unsetenv("PGSSLMODE");
+	unsetenv("PGSSLROOTCERT");
+	setenv("HOME", "/nonexistent", 1);
+	setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt", 1);
+	CHECK_STR(pg_default_rootcert("host=h sslmode=verify-full"),
+		  "/etc/ssl/certs/ca-certificates.crt");
+	CHECK_STR(pg_default_rootcert("postgresql://h/db?sslmode=verify-ca"),
+		  "/etc/ssl/certs/ca-certificates.crt");
+	CHECK(pg_default_rootcert("host=h sslmode=require") == NULL);
+	CHECK(pg_default_rootcert("host=h") == NULL);
+	CHECK(pg_default_rootcert("host=h sslmode=verify-full sslrootcert=/x.pem") == NULL);
+	setenv("PGSSLMODE", "verify-full", 1);
+	CHECK(pg_default_rootcert("host=h") != NULL);
+	setenv("PGSSLROOTCERT", "/y.pem", 1);
+	CHECK(pg_default_rootcert("host=h") == NULL);
+	unsetenv("PGSSLMODE");
+	unsetenv("PGSSLROOTCERT");
+	unsetenv("SSL_CERT_FILE");
+	CHECK(pg_default_rootcert("host=h sslmode=verify-full") == NULL);
+}
+
 int main(void)
 {
 	test_url();
+	test_rootcert();
 	test_options();
 	return check_done("test_config");
 }
