@@ -249,10 +249,9 @@ enum config_result config_load(struct config *c, int argc, char **argv, char *er
 	lopts[NOPTS + 1] = (struct option){"version", no_argument, NULL, 'V'};
 	lopts[NOPTS + 2] = (struct option){0};
 
-	optind = 1;
+	optind = 0; /* 0, not 1: glibc then also forgets its place in a "-xy" */
 	opterr = 0;
 	for (;;) {
-		int prev = optind;
 		int idx = getopt_long(argc, argv, "+", lopts, NULL);
 		if (idx == -1)
 			break;
@@ -264,9 +263,12 @@ enum config_result config_load(struct config *c, int argc, char **argv, char *er
 			version_print(stdout);
 			return CONFIG_EXIT;
 		}
-		if (idx == '?' || idx == ':')
+		if (idx == '?' || idx == ':') {
+			if (optopt > 0) /* a short option: sluice has none */
+				return fail(err, errlen, "-%c: unknown option (see --help)", optopt);
 			return fail(err, errlen, "%s: unknown option or missing value (see --help)",
-				    argv[prev]);
+				    argv[optind - 1]);
+		}
 		const struct opt_def *o = &opts[idx];
 		char source[64];
 		snprintf(source, sizeof(source), "--%s", o->flag);

@@ -455,6 +455,11 @@ static bool mq_frame(struct mq *m, const amqp_frame_t *f)
 	case AMQP_FRAME_HEADER:
 		if (m->content != MQ_CONTENT_HEADER)
 			return mq_fail(m, "protocol error: content header without a delivery");
+		/* rabbitmq-c decodes the properties of whatever class the frame
+		 * names; only basic's are an amqp_basic_properties_t. */
+		if (f->payload.properties.class_id != AMQP_BASIC_CLASS)
+			return mq_fail(m, "protocol error: content header of class %u",
+				       f->payload.properties.class_id);
 		m->body_left = f->payload.properties.body_size;
 		m->h.header(m->h.ctx, f->payload.properties.decoded, m->body_left);
 		if (m->body_left == 0)

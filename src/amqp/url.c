@@ -72,7 +72,11 @@ int mq_url_parse(const char *url, struct mq_url *out, char *err, size_t errlen)
 		snprintf(err, errlen, "RABBITMQ_URL: out of memory");
 		return -1;
 	}
-	char *query = strchr(out->storage, '?');
+	/* The query starts after the userinfo: a raw '?' in a password makes
+	 * the URL invalid, and must not turn its tail into a "parameter" that
+	 * an error message would quote. */
+	char *at = strrchr(out->storage, '@');
+	char *query = strchr(at ? at : out->storage, '?');
 	if (query)
 		*query++ = '\0';
 	if (amqp_parse_url(out->storage, &info) != AMQP_STATUS_OK) {

@@ -19,21 +19,16 @@ int pg_dsn_check(const char *dsn, char *err, size_t errlen)
 		PQconninfoFree(opts);
 		return 0;
 	}
-	/* Keep libpq's words, drop what it quotes (the token may be a password). */
+	/* Keep libpq's words, drop what it quotes (the token may be a password,
+	 * and may itself contain '"'): everything from the first quote to the
+	 * last one goes. */
+	const char *msg = why ? why : "out of memory";
+	const char *q1 = strchr(msg, '"'), *q2 = strrchr(msg, '"');
+	size_t head = q1 ? (size_t)(q1 - msg) : strcspn(msg, "\n");
+	const char *tail = q1 && q2 > q1 ? q2 + 1 : "";
 	char clean[256];
-	size_t n = 0;
-	bool quoted = false;
-	for (const char *p = why ? why : "out of memory"; *p && *p != '\n' && n + 8 < sizeof(clean);
-	     p++) {
-		if (*p == '"') {
-			if (!quoted)
-				n += (size_t)snprintf(clean + n, sizeof(clean) - n, "\"...\"");
-			quoted = !quoted;
-		} else if (!quoted) {
-			clean[n++] = *p;
-		}
-	}
-	clean[n] = '\0';
+	snprintf(clean, sizeof(clean), "%.*s%s%.*s", (int)head, msg, q1 ? "\"...\"" : "",
+		 (int)strcspn(tail, "\n"), tail);
 	PQfreemem(why);
 	snprintf(err, errlen, "POSTGRES_DSN is not a valid connection string or URI: %s", clean);
 	return -1;

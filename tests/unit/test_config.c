@@ -47,6 +47,7 @@ static void test_url(void)
 		"http://u:Pw0rdXyz@h/", "amqp://u:Pw0rdXyz@h:99999/", "amqp://u:Pw0rdXyz@h/?heartbeat=x",
 		"amqp://u:Pw0rdXyz@h/?frame_max=100", "amqp://u:Pw0rdXyz@h/?nope=1",
 		"amqps://u:Pw0rdXyz@h/", "amqp://u:Pw0rdXyz@h/a/b",
+		"amqp://u:x?Pw0rdXyz@h/", /* a raw '?' in the password */
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		err[0] = '\0';
@@ -139,6 +140,10 @@ static void test_options(void)
 	CHECK(strstr(err, "POSTGRES_DSN") != NULL && strstr(err, "Wr0ngSecret") == NULL);
 	config_free(&c);
 	setenv("POSTGRES_DSN", "host=h password='Wr0ngSecret port=1", 1);
+	CHECK(load(&c, err, sizeof(err), 1) == CONFIG_ERROR);
+	CHECK(strstr(err, "POSTGRES_DSN") != NULL && strstr(err, "Wr0ngSecret") == NULL);
+	config_free(&c);
+	setenv("POSTGRES_DSN", "postgresql://u:se\"Wr0ngSecret%zz@h/db", 1);
 	CHECK(load(&c, err, sizeof(err), 1) == CONFIG_ERROR);
 	CHECK(strstr(err, "POSTGRES_DSN") != NULL && strstr(err, "Wr0ngSecret") == NULL);
 	config_free(&c);

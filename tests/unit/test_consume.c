@@ -152,6 +152,23 @@ static void test_errors(void)
 	CHECK(m.state == MQ_FAILED);
 	amqp_destroy_connection(m.codec);
 
+	/* A content header of another class than basic (found by fuzzing:
+	 * its properties are not an amqp_basic_properties_t). */
+	buf_reset(&in);
+	put_deliver(&in, 1);
+	buf_put_u8(&in, AMQP_FRAME_HEADER);
+	buf_put_u16(&in, 1);
+	buf_put_u32(&in, 14);
+	buf_put_u16(&in, 10); /* connection class */
+	buf_put_u16(&in, 0);
+	buf_put_u64(&in, 0);
+	buf_put_u16(&in, 0); /* no property flags */
+	buf_put_u8(&in, AMQP_FRAME_END);
+	new_mq(&m, &s);
+	CHECK(!mq_input(&m, in.data, in.len));
+	CHECK(m.state == MQ_FAILED && strstr(m.reason, "class 10"));
+	amqp_destroy_connection(m.codec);
+
 	/* Garbage: a frame without its frame-end octet. */
 	static const uint8_t junk[] = {1, 0, 1, 0, 0, 0, 4, 0, 60, 0, 80, 0x00};
 	new_mq(&m, &s);
