@@ -264,7 +264,9 @@ enum config_result config_load(struct config *c, int argc, char **argv, char *er
 			return CONFIG_EXIT;
 		}
 		if (idx == '?' || idx == ':') {
-			if (optopt > 0) /* a short option: sluice has none */
+			/* A printable optopt is a short option (sluice has none);
+			 * long options' vals are table indices, below ' '. */
+			if (optopt >= ' ' && optopt <= '~')
 				return fail(err, errlen, "-%c: unknown option (see --help)", optopt);
 			return fail(err, errlen, "%s: unknown option or missing value (see --help)",
 				    argv[optind - 1]);
