@@ -23,7 +23,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 LOADGEN_SRCS := $(wildcard bench/loadgen/*.c)
 
-.PHONY: all deps check demo bench bench-quick static servers-start servers-stop clean
+.PHONY: all deps check demo bench bench-quick static fuzz sanitize servers-start servers-stop clean
 
 all: $(BUILD)/sluice $(BUILD)/loadgen
 
@@ -48,10 +48,25 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libsluice.a
 	@mkdir -p $(dir $@) $(BUILD)/obj/tests
 	$(CC) $(ALL_CFLAGS) -MF $(BUILD)/obj/tests/$*.d $(filter %.c %.a,$^) -o $@ $(LIBS)
 
-# The static build is part of check: test_emptyroot runs it as distroless would.
+# check: the unit and integration tests (the static build is part of it:
+# test_emptyroot runs it as distroless would), a short run of each fuzz
+# target, and the tests again under ASan/UBSan: all in tests/run.sh.
 check: all $(UNIT_BINS) static
+	@tools/sanitize.sh
 	@tools/servers.sh start
 	@tests/run.sh
+
+# libFuzzer targets tests/fuzz/fuzz_*.c (clang, ASan+UBSan) into build/fuzz,
+# 10 minutes each (FUZZ_SECONDS=N to change).
+fuzz: | deps
+	@tests/fuzz/run.sh --long
+
+# sluice and the unit tests under ASan/UBSan/LSan (build/asan), then the
+# unit and integration tests with them (the asan/* tests of check).
+sanitize: | deps
+	@tools/sanitize.sh
+	@tools/servers.sh start
+	@tests/run.sh asan/
 
 # build/static/sluice and loadgen, fully static, from Debian sources (libpq,
 # mimalloc) and Debian's static archives; pinned versions in tools/static.sh.

@@ -268,8 +268,13 @@ enum config_result config_load(struct config *c, int argc, char **argv, char *er
 			 * long options' vals are table indices, below ' '. */
 			if (optopt >= ' ' && optopt <= '~')
 				return fail(err, errlen, "-%c: unknown option (see --help)", optopt);
-			return fail(err, errlen, "%s: unknown option or missing value (see --help)",
-				    argv[optind - 1]);
+			/* Name the option only: what follows it ("=URL", or
+			 * anything pasted into the same argument) may be a secret. */
+			const char *arg = argv[optind - 1];
+			int len = (int)strspn(arg, "-_abcdefghijklmnopqrstuvwxyz"
+						   "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789");
+			return fail(err, errlen, "%.*s: unknown option or missing value (see --help)",
+				    len, arg);
 		}
 		const struct opt_def *o = &opts[idx];
 		char source[64];
@@ -278,8 +283,10 @@ enum config_result config_load(struct config *c, int argc, char **argv, char *er
 		if (rc != CONFIG_OK)
 			return rc;
 	}
-	if (optind < argc)
-		return fail(err, errlen, "unexpected argument '%s' (see --help)", argv[optind]);
+	if (optind < argc) /* not quoted: a stray argument may be a URL with a password */
+		return fail(err, errlen,
+			    "unexpected argument in position %d: sluice takes only --options "
+			    "(see --help)", optind);
 	return config_finish(c, err, errlen);
 }
 

@@ -10,8 +10,10 @@ PACKAGES=(
     libmimalloc-dev libssl-dev
     # servers: binaries used by tools/servers.sh (its own clusters, not the system ones)
     postgresql-15 postgresql-client-15 rabbitmq-server
-    # tests: python3-psycopg is psycopg 3
+    # tests: python3-psycopg is psycopg 3; clang for libFuzzer and the
+    # sanitizer builds (tests/fuzz, tools/sanitize.sh)
     python3 python3-pika python3-psycopg procps
+    clang-14 libclang-rt-14-dev llvm-14
 )
 
 is_installed() {

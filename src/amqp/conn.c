@@ -449,6 +449,10 @@ static void mq_message_done(struct mq *m)
 
 static bool mq_frame(struct mq *m, const amqp_frame_t *f)
 {
+	/* Content only ever flows on our one channel. */
+	if ((f->frame_type == AMQP_FRAME_HEADER || f->frame_type == AMQP_FRAME_BODY) &&
+	    f->channel != MQ_CHANNEL)
+		return mq_fail(m, "protocol error: content on channel %u", f->channel);
 	switch (f->frame_type) {
 	case AMQP_FRAME_METHOD:
 		return mq_method(m, f->payload.method.id, f->payload.method.decoded);

@@ -44,7 +44,8 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parents[2]
 # SLUICE_BIN: test another build (e.g. a sanitizer build) or a wrapper.
 SLUICE = Path(os.environ.get("SLUICE_BIN") or REPO / "build" / "sluice")
-LOGDIR = REPO / "build" / "test-logs"
+# SLUICE_TEST_LOGS: where sluice logs go (tests/run.sh keeps sanitizer runs apart).
+LOGDIR = Path(os.environ.get("SLUICE_TEST_LOGS") or REPO / "build" / "test-logs")
 SERVERS = REPO / "tools" / "servers.sh"
 SKIP = 77
 
