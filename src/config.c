@@ -128,7 +128,8 @@ static int parse_bool(const char *s, bool *out)
 }
 
 /* Set one option from text; `source` names where it came from for errors
- * ("--prefetch" or "SLUICE_PREFETCH"). */
+ * ("--prefetch" or "SLUICE_PREFETCH"). Errors never quote the value: a
+ * misplaced argument may be a URL or a password. */
 static enum config_result opt_set(struct config *c, const struct opt_def *o,
 				  const char *val, const char *source, char *err,
 				  size_t errlen)
@@ -148,28 +149,30 @@ static enum config_result opt_set(struct config *c, const struct opt_def *o,
 		errno = 0;
 		v = strtol(val, &end, 10);
 		if (errno || end == val || *end || v < o->min || v > o->max)
-			return fail(err, errlen, "%s: '%s' is not an integer from %ld to %ld",
-				    source, val, o->min, o->max);
+			return fail(err, errlen, "%s: not an integer from %ld to %ld", source,
+				    o->min, o->max);
 		*(long *)field = v;
 		return CONFIG_OK;
 	case OPT_BYTES:
 		if (parse_bytes(val, &v) < 0 || v < o->min || v > o->max)
 			return fail(err, errlen,
-				    "%s: '%s' is not a size from %ld to %ld bytes (k, M, G suffixes)",
-				    source, val, o->min, o->max);
+				    "%s: not a size from %ld to %ld bytes (k, M, G suffixes)", source,
+				    o->min, o->max);
 		*(long *)field = v;
 		return CONFIG_OK;
 	case OPT_BOOL:
 		if (parse_bool(val, field) < 0)
-			return fail(err, errlen, "%s: '%s' is not a boolean (true/false)",
-				    source, val);
+			return fail(err, errlen, "%s: not a boolean (true or false)", source);
 		return CONFIG_OK;
 	case OPT_ENUM:
 		for (long i = 0; o->choices[i]; i++)
 			if (strcmp(val, o->choices[i]) == 0)
 				return *(long *)field = i, CONFIG_OK;
-		return fail(err, errlen, "%s: '%s' is not one of the choices (see --help)",
-			    source, val);
+		char list[128] = "";
+		for (long i = 0; o->choices[i]; i++)
+			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+				 i ? ", " : "", o->choices[i]);
+		return fail(err, errlen, "%s: must be one of %s", source, list);
 	}
 	return fail(err, errlen, "%s: internal error: unknown option kind", source);
 }

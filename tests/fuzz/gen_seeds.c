@@ -559,6 +559,9 @@ static void gen_regressions(void)
 	 * unknown-option error quoted all of it. */
 	CONFIG_SEED("regress-flag-with-pasted-secret", "sluice", "--queue", "q",
 		    "--pw S\xc3\xa9" "cretpass");
+	/* A URL given as a numeric option's value: the error quoted it. */
+	CONFIG_SEED("regress-value-echoed", "sluice", "--queue", "q", "--batch-bytes",
+		    "postgresql://u:Wr0ng\xc3\xa9" "pass@h/db");
 }
 
 /* Inputs that make a target fail on a sluice bug not fixed yet:
