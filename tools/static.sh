@@ -234,6 +234,9 @@ else
         --without-libxslt --without-systemd --without-pam --without-selinux \
         --disable-nls CFLAGS="$DEP_CFLAGS" CPPFLAGS="$DEP_CPPFLAGS"
     step "building libpq (src/port, src/common, src/interfaces/libpq; -j$JOBS)"
+    # The generated headers first (utils/errcodes.h, ...): src/port's server
+    # objects include them, and a parallel libpq build does not order that.
+    run libpq-build.log make -C "$tree/src/backend" generated-headers
     run libpq-build.log make -C "$tree/src/interfaces/libpq" -j"$JOBS"
     step "installing libpq into ${DEPS#"$REPO"/}"
     # Into a staging directory first: Debian's patches point some install

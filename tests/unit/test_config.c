@@ -154,6 +154,14 @@ static void test_options(void)
 
 	CHECK(load(&c, err, sizeof(err), 2, "stray") == CONFIG_ERROR);
 	config_free(&c);
+	/* Mistyped flags and stray arguments are not echoed past the name. */
+	CHECK(load(&c, err, sizeof(err), 2, "--rabbitmq_url=amqp://u:TopSecret9@h/") ==
+	      CONFIG_ERROR);
+	CHECK(strstr(err, "--rabbitmq_url") != NULL && strstr(err, "TopSecret9") == NULL);
+	config_free(&c);
+	CHECK(load(&c, err, sizeof(err), 2, "amqp://u:TopSecret9@h/") == CONFIG_ERROR);
+	CHECK(strstr(err, "TopSecret9") == NULL);
+	config_free(&c);
 }
 
 static void test_rootcert(void)
