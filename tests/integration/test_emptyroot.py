@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -219,7 +220,8 @@ def run_all(t):
             t.eq(root, str(ROOT), "sluice's root directory")
             t.eq(exe, str(ROOT / "usr/local/bin/sluice"), "sluice's executable")
         t.eq(s.expect_exit(120), 0, "sluice exit status")
-        t.check("amqp://guest@localhost:35672/" in s.log(), "sluice logs the broker as localhost")
+        port = urllib.parse.urlsplit(ENV["RABBITMQ_URL"]).port
+        t.check(f"amqp://guest@localhost:{port}/" in s.log(), "sluice logs the broker as localhost")
         t.check_ids_md5(q, expected)
         t.check_queue_drained(q)
 
