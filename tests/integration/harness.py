@@ -181,6 +181,10 @@ class Sluice:
             self.kill()
             self.test.fail(f"{what}: still running after {timeout} s (killed)")
         print(f"  sluice {self.label} exited with {rc} after {time.monotonic() - t0:.1f} s")
+        backend = {"epoll": "epoll", "uring": "io_uring"}.get(os.environ.get("SLUICE_IO", ""))
+        if backend and rc == 0:
+            self.test.check(f"I/O backend: {backend}" in self.log(),
+                            f"sluice {self.label} ran on {backend} (SLUICE_IO)")
         return rc
 
     def signal(self, sig):
@@ -520,7 +524,9 @@ class Test:
     # ---- sluice -----------------------------------------------------------
 
     def sluice_env(self, extra=None):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+        # SLUICE_IO passes through: tests/run.sh runs the suite on each backend.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SLUICE_") or k == "SLUICE_IO"}
         env["RABBITMQ_URL"] = ENV["RABBITMQ_URL"]
         env["POSTGRES_DSN"] = ENV["POSTGRES_DSN"]
         for k, v in (extra or {}).items():
