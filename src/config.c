@@ -70,6 +70,8 @@ static const struct opt_def opts[] = {
 	 "error, warn, info or debug"},
 	{"io", "SLUICE_IO", OPT_ENUM, "auto", 0, 0, io_backends, OFF(io),
 	 "socket I/O: uring, epoll, or auto (io_uring, else epoll)"},
+	{"health-file", "SLUICE_HEALTH_FILE", OPT_STR, "", 0, 0, NULL, OFF(health_file),
+	 "rewrite this file every second: \"ok\" while every shard consumes"},
 };
 
 #define NOPTS (sizeof(opts) / sizeof(opts[0]))
@@ -197,8 +199,9 @@ void config_usage(FILE *out)
 		else
 			fprintf(out, " (default: %s)\n", o->def);
 	}
-	fprintf(out, "  %-26s %s\n  %-26s %s\n", "--help", "show this text and exit",
-		"--version", "show the version and the libraries' versions and exit");
+	fprintf(out, "  %-26s %s\n  %-26s %s\n  %-26s %s\n", "--help", "show this text and exit",
+		"--version", "show the version and the libraries' versions and exit",
+		"--health-check", "exit 0 if the health file says ok and is fresh, else 1");
 }
 
 static long online_cpus(void)
@@ -212,6 +215,8 @@ static long online_cpus(void)
 
 static enum config_result config_finish(struct config *c, char *err, size_t errlen)
 {
+	if (c->health_check)
+		return CONFIG_OK; /* the probe needs only the health file */
 	if (!c->queue || !c->queue[0])
 		return fail(err, errlen, "SLUICE_QUEUE (--queue) is required: the queue to consume");
 	if (strlen(c->queue) > 255)
@@ -233,7 +238,7 @@ static enum config_result config_finish(struct config *c, char *err, size_t errl
 enum config_result config_load(struct config *c, int argc, char **argv, char *err,
 			       size_t errlen)
 {
-	struct option lopts[NOPTS + 3];
+	struct option lopts[NOPTS + 4];
 	enum config_result rc;
 
 	*c = (struct config){0};
@@ -250,7 +255,8 @@ enum config_result config_load(struct config *c, int argc, char **argv, char *er
 	}
 	lopts[NOPTS] = (struct option){"help", no_argument, NULL, 'h'};
 	lopts[NOPTS + 1] = (struct option){"version", no_argument, NULL, 'V'};
-	lopts[NOPTS + 2] = (struct option){0};
+	lopts[NOPTS + 2] = (struct option){"health-check", no_argument, NULL, 'H'};
+	lopts[NOPTS + 3] = (struct option){0};
 
 	optind = 0; /* 0, not 1: glibc then also forgets its place in a "-xy" */
 	opterr = 0;
@@ -265,6 +271,10 @@ enum config_result config_load(struct config *c, int argc, char **argv, char *er
 		if (idx == 'V') {
 			version_print(stdout);
 			return CONFIG_EXIT;
+		}
+		if (idx == 'H') {
+			c->health_check = true;
+			continue;
 		}
 		if (idx == '?' || idx == ':') {
 			/* A printable optopt is a short option (sluice has none);

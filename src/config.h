@@ -30,6 +30,8 @@ struct config {
 	long stats_interval_s;
 	long log_level; /* enum log_level */
 	long io;	/* enum loop_choice */
+	char *health_file; /* "" = none */
+	bool health_check; /* --health-check: probe and exit */
 };
 
 enum config_result {

@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "obs/health.h"
 #include "obs/status.h"
 #include "pg/connect.h"
 #include "pg/schema.h"
@@ -39,6 +40,27 @@ static char *prepare_table(const struct config *cfg)
 	char *copy_sql = schema_prepare(pg, cfg);
 	PQfinish(pg);
 	return copy_sql;
+}
+
+/* The health file's line: "ok" while every shard consumes. */
+static void write_health(const struct config *cfg, struct shard **shards, int n, bool stopping)
+{
+	if (!cfg->health_file[0])
+		return;
+	int consuming = 0;
+	for (int i = 0; i < n; i++)
+		consuming += atomic_load_explicit(&shard_stats(shards[i])->consuming,
+						  memory_order_relaxed);
+	char line[64];
+	if (stopping)
+		snprintf(line, sizeof(line), "stopping");
+	else if (consuming == n)
+		snprintf(line, sizeof(line), "ok");
+	else
+		snprintf(line, sizeof(line), "%d of %d shards consuming", consuming, n);
+	int rc = health_write(cfg->health_file, line);
+	if (rc < 0)
+		log_warn("cannot write SLUICE_HEALTH_FILE %s: %s", cfg->health_file, strerror(-rc));
 }
 
 /* Wait for shards, signals and status ticks; returns the exit status. */
@@ -72,7 +94,11 @@ static int supervise(struct shard **shards, int n, const struct config *cfg)
 			stopping = true;
 		}
 
+		write_health(cfg, shards, n, stopping);
+		/* Wake at least every second: the health file stays fresh. */
 		int64_t wait = interval_ms > 0 ? next_status - now_ms() : 1000;
+		if (wait > 1000)
+			wait = 1000;
 		if (wait < 0)
 			wait = 0;
 		struct timespec ts = {.tv_sec = wait / 1000, .tv_nsec = (wait % 1000) * 1000000};
@@ -95,6 +121,8 @@ static int supervise(struct shard **shards, int n, const struct config *cfg)
 		}
 	}
 	status_print(&st, shards, n, now_ms(), true);
+	if (cfg->health_file[0])
+		unlink(cfg->health_file); /* a stopped sluice is not healthy */
 	for (int i = 0; i < n; i++)
 		failed |= shard_join(shards[i]) != 0;
 	return failed ? 1 : 0;
@@ -122,6 +150,11 @@ int main(int argc, char **argv)
 
 	switch (config_load(&cfg, argc, argv, err, sizeof(err))) {
 	case CONFIG_OK:
+		if (cfg.health_check) {
+			int rc = health_probe(cfg.health_file, 15);
+			config_free(&cfg);
+			return rc;
+		}
 		break;
 	case CONFIG_EXIT:
 		config_free(&cfg);

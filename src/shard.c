@@ -237,6 +237,8 @@ static bool shard_before_sleep(struct shard *s)
 	}
 	if (s->mq.state == MQ_FAILED || s->pgc.state == PGC_BROKEN)
 		shard_fail(s);
+	atomic_store_explicit(&s->stats.consuming, s->mq.state == MQ_CONSUMING,
+			      memory_order_relaxed);
 	if (s->phase == SHARD_DONE)
 		return false;
 
@@ -437,6 +439,7 @@ out:
 	buf_free(&s->batch[1].data);
 	loop_destroy(s->loop);
 	s->loop = NULL;
+	atomic_store(&s->stats.consuming, false);
 	atomic_store(&s->finished, true);
 	/* Wake the main thread, which waits for signals. */
 	kill(getpid(), SIGUSR1);

@@ -18,6 +18,7 @@ struct shard_stats {
 	_Atomic uint64_t batches; /* committed COPYs */
 	_Atomic uint64_t bytes;	  /* COPY bytes committed */
 	_Atomic int64_t ready;	  /* queue's ready count at last poll; -1 unknown */
+	_Atomic bool consuming;	  /* the consumer is registered with the broker */
 };
 
 struct shard;
