@@ -23,7 +23,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 LOADGEN_SRCS := $(wildcard bench/loadgen/*.c)
 
-.PHONY: all deps check demo bench bench-quick static fuzz sanitize servers-start servers-stop clean
+.PHONY: all deps check demo bench bench-quick static fuzz sanitize image-test servers-start servers-stop clean
 
 all: $(BUILD)/sluice $(BUILD)/loadgen
 
@@ -85,6 +85,15 @@ bench: all
 bench-quick: all
 	@tools/servers.sh start
 	@/usr/bin/python3 bench/run.py --quick --plot
+
+# image-test: Dockerfile.distroless built with podman from local stand-ins for
+# its base images (debootstrap'd debian:bookworm, a distroless/static root; no
+# registry), then sluice from the image drains the local servers under podman's
+# default seccomp profile (epoll) and deploy/seccomp-io_uring.json (io_uring);
+# also checks compose.yaml. Cache and podman storage in build/image.
+image-test: all
+	@tools/servers.sh start
+	@tools/image-test.sh
 
 servers-start:
 	@tools/servers.sh start

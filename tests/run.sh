@@ -6,6 +6,7 @@
 #                   integration tests tests/integration/test_*.py
 #   epoll/test_*    the integration tests with SLUICE_IO=epoll
 #   fuzz/TARGET     a short run of each libFuzzer target (tests/fuzz/run.sh)
+#   image-test      tools/image-test.sh: the container image on both backends
 #   asan/test_*     when build/asan exists (tools/sanitize.sh): the unit tests
 #                   built with ASan/UBSan, and the integration tests with
 #                   SLUICE_BIN=build/asan/sluice; any sanitizer report in a
@@ -33,8 +34,8 @@ selected() { # name: true if no filters or one of them is a substring
 }
 
 # The tests, as parallel lists: name, extra environment, command.
-names=() envs=() cmds=()
-add() { names+=("$1") envs+=("$2") cmds+=("$3"); }
+names=() envs=() cmds=() limits=()
+add() { names+=("$1") envs+=("$2") cmds+=("$3") limits+=("${4:-$TIMEOUT}"); }
 for t in build/tests/test_*; do
     [[ -x $t ]] && add "$(basename "$t")" "" "$t"
 done
@@ -65,6 +66,9 @@ if [[ -x build/asan/sluice ]]; then
             "$san SLUICE_BIN=$PWD/build/asan/sluice SLUICE_TEST_LOGS=$PWD/$LOGS/asan" "$PY -u $t"
     done
 fi
+# The container image, built with podman from local base images (minutes
+# the first time: debootstrap and a static build inside the image).
+add "image-test" "" "tools/image-test.sh" 1800
 SAN_PATTERN='ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: (Address|Leak|UndefinedBehavior)Sanitizer'
 
 passed=0 failed=0 skipped=0
@@ -77,7 +81,7 @@ for i in "${!names[@]}"; do
     start=$(date +%s%N)
     rc=0
     # shellcheck disable=SC2086 # envs and cmds are word lists by design
-    env ${envs[i]} timeout --kill-after=10 "$TIMEOUT" ${cmds[i]} >"$log" 2>&1 </dev/null || rc=$?
+    env ${envs[i]} timeout --kill-after=10 "${limits[i]}" ${cmds[i]} >"$log" 2>&1 </dev/null || rc=$?
     if ((rc == 0)) && [[ $name == asan/* ]] &&
         find "$LOGS" -type f -newer "$marker" -print0 | xargs -0 -r grep -qaE "$SAN_PATTERN"; then
         echo "sanitizer report in a log written by this test" >>"$log"
@@ -94,7 +98,7 @@ for i in "${!names[@]}"; do
         skipped=$((skipped + 1))
     else
         why="exit $rc"
-        ((rc == 124 || rc == 137)) && why="timed out after ${TIMEOUT}s"
+        ((rc == 124 || rc == 137)) && why="timed out after ${limits[i]}s"
         echo "FAIL $name (${secs}s, $why; log: $log)"
         tail -n 40 "$log" | sed 's/^/    /'
         failed=$((failed + 1))
