@@ -162,6 +162,11 @@ int main(int argc, char **argv)
 	case CONFIG_ERROR:
 		fprintf(stderr, "sluice: %s\n", err);
 		config_free(&cfg);
+		/* Docker reserves a health check's exit status 2: a probe
+		 * with a bad setting is simply unhealthy. */
+		for (int i = 1; i < argc; i++)
+			if (strcmp(argv[i], "--health-check") == 0)
+				return 1;
 		return 2;
 	}
 

@@ -559,6 +559,11 @@ static void gen_regressions(void)
 	 * unknown-option error quoted all of it. */
 	CONFIG_SEED("regress-flag-with-pasted-secret", "sluice", "--queue", "q",
 		    "--pw S\xc3\xa9" "cretpass");
+	/* (A check that was wrong, not sluice.) Password bytes equal to the
+	 * user's tail, then '@': the redacted "user@host" matched a window of
+	 * the password across the '@'. */
+	CONFIG_SEED("regress-redacted-boundary",
+		    "amqp://al\xc5\xc5\xc5\xc5\xc5\xc5:56\xc5\xc5\xc5\xc5%40t@");
 	/* A URL given as a numeric option's value: the error quoted it. */
 	CONFIG_SEED("regress-value-echoed", "sluice", "--queue", "q", "--batch-bytes",
 		    "postgresql://u:Wr0ng\xc3\xa9" "pass@h/db");

@@ -3,13 +3,15 @@
 # time: AddressSanitizer + UndefinedBehaviorSanitizer + leak detection.
 #
 # Usage: tests/fuzz/run.sh [--short|--long|--repro] [TARGET...]
-#   --short  (default) FUZZ_SECONDS (15) per target: the seeds, then
-#            mutation; for `make check`.
+#   --short  (default) the seeds, then FUZZ_RUNS (300000) mutated inputs
+#            per target from a fixed random seed: reproducible; for
+#            `make check`.
 #   --long   FUZZ_SECONDS (600) per target; for `make fuzz`.
 #   --repro  run the reproducers of known, unfixed findings
 #            (tests/fuzz/crashes/TARGET/*) once each; say which still fail.
 #   TARGET   fuzz_amqp_input, fuzz_row, fuzz_config (default: all)
-# Env: FUZZ_SECONDS  seconds per target
+# Env: FUZZ_SECONDS  seconds per target (--long)
+#      FUZZ_RUNS     mutated inputs per target (--short)
 #      FUZZ_NICE     nice level for the fuzzers (default 0)
 #      FUZZ_CC       compiler (default clang-14, else clang)
 #
@@ -44,7 +46,7 @@ done
 for t in "${targets[@]}"; do
     [[ -f tests/fuzz/$t.c ]] || { echo "run.sh: no target $t" >&2; exit 2; }
 done
-if [[ $mode == long ]]; then secs=${FUZZ_SECONDS:-600}; else secs=${FUZZ_SECONDS:-15}; fi
+secs=${FUZZ_SECONDS:-600}
 
 OUT=build/fuzz
 mkdir -p "$OUT/logs"
@@ -78,12 +80,21 @@ if [[ $mode == repro ]]; then
 fi
 
 for t in "${targets[@]}"; do
-    corpus=$OUT/corpus-$t
     artifacts=$OUT/artifacts/$t/
     log=$OUT/logs/$t.log
+    if [[ $mode == short ]]; then
+        # Reproducible for make check: a fixed seed, a fixed number of
+        # inputs and only the committed seeds (a scratch corpus), so the
+        # same build explores the same inputs on every machine.
+        corpus=$(mktemp -d)
+        limit=(-seed=1 -runs="${FUZZ_RUNS:-300000}")
+    else
+        corpus=$OUT/corpus-$t
+        limit=(-max_total_time="$secs")
+    fi
     mkdir -p "$corpus" "$artifacts"
     args=(
-        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -use_value_profile=1
+        "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -use_value_profile=1
         -close_fd_mask=3 -print_final_stats=1 -artifact_prefix="$artifacts"
         "$corpus" "tests/fuzz/corpus/$t"
     )
@@ -92,6 +103,7 @@ for t in "${targets[@]}"; do
     rc=0
     nice -n "${FUZZ_NICE:-0}" "$OUT/$t" "${args[@]}" >"$log" 2>&1 </dev/null || rc=$?
     took=$(($(date +%s) - start))
+    [[ $mode == short ]] && rm -rf "$corpus"
     stats=$(grep -aE '^stat::number_of_executed_units' "$log" | awk '{print $2}' || true)
     cov=$(grep -aoE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$log" | tail -n 1 || true)
     if ((rc == 0)); then
