@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make an otherwise empty root filesystem shaped like gcr.io/distroless/static
-# (Debian 12) with the static binaries in /usr/local/bin: no libc, no NSS
+# (Debian 13; files from tools/distroless-root.sh) with the static binaries in /usr/local/bin: no libc, no NSS
 # modules, no shell. For trying build/static/* the way the image runs them:
 #
 #   tools/emptyroot.sh /tmp/root
@@ -28,6 +28,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 MARK=.sluice-emptyroot
 
 die() { echo "emptyroot.sh: $*" >&2; exit 1; }
+# shellcheck source=tools/distroless-root.sh
+. "$REPO/tools/distroless-root.sh"
 
 (($# >= 1)) || die "usage: tools/emptyroot.sh DIR [BINARY...]"
 dir=$1
@@ -36,6 +38,9 @@ bins=("$@")
 ((${#bins[@]})) || bins=("$REPO/build/static/sluice" "$REPO/build/static/loadgen")
 ((EUID == 0)) || die "run as root (files must belong to root and to uid 65532)"
 
+for f in /etc/ssl/certs/ca-certificates.crt /etc/services /etc/protocols /usr/share/zoneinfo; do
+    [[ -e $f ]] || die "$f is missing on this host (ca-certificates, netbase, tzdata)"
+done
 for b in "${bins[@]}"; do
     [[ -f $b && -x $b ]] || die "$b is missing (run tools/static.sh)"
     file -b "$b" | grep -q 'statically linked' || die "$b is not statically linked"
@@ -53,58 +58,12 @@ if [[ -e $dir ]]; then
     fi
 fi
 
-umask 022
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd -P)
 touch "$dir/$MARK"
-install -d -m 755 "$dir/etc" "$dir/etc/ssl/certs" "$dir/usr/local/bin" "$dir/usr/share" \
-    "$dir/home" "$dir/var"
-install -d -m 1777 "$dir/tmp"
-install -d -m 700 "$dir/root"
-install -d -m 700 -o 65532 -g 65532 "$dir/home/nonroot"
+distroless_files "$dir"
+install -d -m 755 "$dir/usr/local/bin"
 
-cat >"$dir/etc/passwd" <<'EOF'
-root:x:0:0:root:/root:/sbin/nologin
-nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
-nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
-EOF
-cat >"$dir/etc/group" <<'EOF'
-root:x:0:
-nobody:x:65534:
-tty:x:5:
-staff:x:50:
-nonroot:x:65532:
-EOF
-cat >"$dir/etc/nsswitch.conf" <<'EOF'
-# /etc/nsswitch.conf
-#
-# Example configuration of GNU Name Service Switch functionality.
-# If you have the `glibc-doc-reference' and `info' packages installed, try:
-# `info libc "Name Service Switch"' for information about this file.
-
-passwd:         compat
-group:          compat
-shadow:         compat
-gshadow:        files
-
-hosts:          files dns
-networks:       files
-
-protocols:      db files
-services:       db files
-ethers:         db files
-rpc:            db files
-
-netgroup:       nis
-EOF
-cat >"$dir/etc/os-release" <<'EOF'
-PRETTY_NAME="Distroless"
-NAME="Debian GNU/Linux"
-ID="debian"
-VERSION_ID="12"
-VERSION="Debian GNU/Linux 12 (bookworm)"
-HOME_URL="https://github.com/GoogleContainerTools/distroless"
-EOF
 # As Docker writes it for a container on the default network.
 cat >"$dir/etc/hosts" <<'EOF'
 127.0.0.1	localhost
@@ -118,16 +77,6 @@ if [[ -f /etc/resolv.conf ]]; then
     cp -L /etc/resolv.conf "$dir/etc/resolv.conf"
 fi
 find "$dir/etc" -maxdepth 1 -type f -exec chmod 644 {} +
-
-[[ -f /etc/ssl/certs/ca-certificates.crt ]] ||
-    die "/etc/ssl/certs/ca-certificates.crt is missing (apt-get install ca-certificates)"
-install -m 644 /etc/ssl/certs/ca-certificates.crt "$dir/etc/ssl/certs/ca-certificates.crt"
-for f in /etc/services /etc/protocols; do
-    [[ -f $f ]] && install -m 644 "$f" "$dir$f"
-done
-if [[ -d /usr/share/zoneinfo ]]; then
-    cp -a /usr/share/zoneinfo "$dir/usr/share/zoneinfo"
-fi
 
 for b in "${bins[@]}"; do
     install -m 755 "$b" "$dir/usr/local/bin/$(basename "$b")"

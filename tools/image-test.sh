@@ -44,6 +44,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
+# shellcheck source=tools/distroless-root.sh
+. "$REPO/tools/distroless-root.sh"
 
 DIR=${SLUICE_IMAGE_DIR:-$REPO/build/image}
 export SLUICE_IMAGE_DIR=$DIR # tools/podman.sh: the same config and storage
@@ -315,60 +317,8 @@ EOF
 distroless_root() {
     local root=$1
     rm -rf --one-file-system "$root"
-    umask 022
-    install -d -m 755 "$root" "$root/etc" "$root/etc/ssl/certs" "$root/usr/share" "$root/home" \
-        "$root/var/lib/dpkg/status.d"
-    install -d -m 1777 "$root/tmp"
-    install -d -m 700 "$root/root"
-    install -d -m 700 -o 65532 -g 65532 "$root/home/nonroot"
-    # distroless's users, groups and nsswitch.conf (as tools/emptyroot.sh).
-    cat >"$root/etc/passwd" <<'EOF'
-root:x:0:0:root:/root:/sbin/nologin
-nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
-nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
-EOF
-    cat >"$root/etc/group" <<'EOF'
-root:x:0:
-nobody:x:65534:
-tty:x:5:
-staff:x:50:
-nonroot:x:65532:
-EOF
-    cat >"$root/etc/nsswitch.conf" <<'EOF'
-# /etc/nsswitch.conf
-#
-# Example configuration of GNU Name Service Switch functionality.
-# If you have the `glibc-doc-reference' and `info' packages installed, try:
-# `info libc "Name Service Switch"' for information about this file.
-
-passwd:         compat
-group:          compat
-shadow:         compat
-gshadow:        files
-
-hosts:          files dns
-networks:       files
-
-protocols:      db files
-services:       db files
-ethers:         db files
-rpc:            db files
-
-netgroup:       nis
-EOF
-    cat >"$root/etc/os-release" <<'EOF'
-PRETTY_NAME="Distroless"
-NAME="Debian GNU/Linux"
-ID="debian"
-VERSION_ID="13"
-VERSION="Debian GNU/Linux 13 (trixie)"
-HOME_URL="https://github.com/GoogleContainerTools/distroless"
-SUPPORT_URL="https://github.com/GoogleContainerTools/distroless/blob/master/README.md"
-BUG_REPORT_URL="https://github.com/GoogleContainerTools/distroless/issues/new"
-EOF
-    install -m 644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-    install -m 644 /etc/services /etc/protocols "$root/etc/"
-    cp -a /usr/share/zoneinfo "$root/usr/share/zoneinfo"
+    distroless_files "$root"
+    install -d -m 755 "$root/var/lib/dpkg/status.d"
 }
 
 distroless_image() {
