@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "config.h"
 #include "log.h"
 #include "obs/health.h"
@@ -23,13 +24,6 @@
 #include "pg/schema.h"
 #include "shard.h"
 #include "version.h"
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Prepare the table once, before any shard connects. */
 static char *prepare_table(const struct config *cfg)
@@ -77,8 +71,8 @@ static int supervise(struct shard **shards, int n, const struct config *cfg)
 	if (tty && interval_ms > 0)
 		interval_ms = 1000;
 	struct status st;
-	status_init(&st, tty, now_ms());
-	int64_t next_status = now_ms() + interval_ms;
+	status_init(&st, tty, clock_mono_ms());
+	int64_t next_status = clock_mono_ms() + interval_ms;
 	bool stopping = false, failed = false;
 
 	for (;;) {
@@ -96,7 +90,7 @@ static int supervise(struct shard **shards, int n, const struct config *cfg)
 
 		write_health(cfg, shards, n, stopping);
 		/* Wake at least every second: the health file stays fresh. */
-		int64_t wait = interval_ms > 0 ? next_status - now_ms() : 1000;
+		int64_t wait = interval_ms > 0 ? next_status - clock_mono_ms() : 1000;
 		if (wait > 1000)
 			wait = 1000;
 		if (wait < 0)
@@ -115,12 +109,12 @@ static int supervise(struct shard **shards, int n, const struct config *cfg)
 				shard_stop(shards[i]);
 			stopping = true;
 		}
-		if (interval_ms > 0 && now_ms() >= next_status) {
-			status_print(&st, shards, n, now_ms(), false);
-			next_status = now_ms() + interval_ms;
+		if (interval_ms > 0 && clock_mono_ms() >= next_status) {
+			status_print(&st, shards, n, clock_mono_ms(), false);
+			next_status = clock_mono_ms() + interval_ms;
 		}
 	}
-	status_print(&st, shards, n, now_ms(), true);
+	status_print(&st, shards, n, clock_mono_ms(), true);
 	if (cfg->health_file[0])
 		unlink(cfg->health_file); /* a stopped sluice is not healthy */
 	for (int i = 0; i < n; i++)

@@ -12,10 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "amqp/conn.h"
+#include "clock.h"
 #include "io/loop.h"
 #include "log.h"
 #include "pg/connect.h"
@@ -75,20 +75,6 @@ struct shard {
 	uint64_t deliveries;
 };
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void batch_reset(struct batch *b)
 {
 	buf_reset(&b->data);
@@ -118,7 +104,7 @@ static void on_header(void *ctx, const amqp_basic_properties_t *p, uint64_t body
 {
 	struct shard *s = ctx;
 	env_row_props(&s->filling->data, p, body_size, (enum body_type)s->cfg->body_type,
-		      wall_us());
+		      clock_wall_us());
 }
 
 static void on_body(void *ctx, const void *bytes, size_t len)
@@ -342,11 +328,11 @@ static void shard_dispatch(struct shard *s, const struct loop_completion *c)
 static void shard_run(struct shard *s)
 {
 	struct loop_completion done[64];
-	s->now_ms = mono_ms();
+	s->now_ms = clock_mono_ms();
 	s->next_depth_ms = s->now_ms + SHARD_DEPTH_POLL_MS;
 	while (shard_before_sleep(s)) {
 		int n = loop_wait(s->loop, done, 64, shard_timeout_ms(s));
-		s->now_ms = mono_ms();
+		s->now_ms = clock_mono_ms();
 		if (n < 0) {
 			log_error("event loop wait failed: %s", strerror(-n));
 			shard_fail(s);

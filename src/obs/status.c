@@ -22,7 +22,7 @@ void status_print(struct status *st, struct shard *const *shards, int n, int64_t
 		bytes += atomic_load_explicit(&ss->bytes, memory_order_relaxed);
 		int64_t r = atomic_load_explicit(&ss->ready, memory_order_relaxed);
 		if (r >= 0 && (ready < 0 || r < ready))
-			ready = r; /* the freshest poll reports the smallest backlog */
+			ready = r; /* every shard polls the same queue: show the lowest count */
 	}
 	double secs = (double)(now_ms - st->last_ms) / 1000.0;
 	double total = (double)(now_ms - st->start_ms) / 1000.0;
