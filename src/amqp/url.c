@@ -28,13 +28,16 @@ static int url_int_param(const char *name, const char *val, long max, int *out,
 	return 0;
 }
 
+/* Errors name no parameter: a malformed URL's "query" may hold the tail
+ * of a password. */
 static int url_query(char *q, struct mq_url *u, char *err, size_t errlen)
 {
 	for (char *save = NULL, *kv = strtok_r(q, "&", &save); kv;
 	     kv = strtok_r(NULL, "&", &save)) {
 		char *val = strchr(kv, '=');
 		if (!val) {
-			snprintf(err, errlen, "RABBITMQ_URL: query parameter '%s' has no value", kv);
+			snprintf(err, errlen, "RABBITMQ_URL: a query parameter has no value "
+				 "(expected name=value)");
 			return -1;
 		}
 		*val++ = '\0';
@@ -47,8 +50,8 @@ static int url_query(char *q, struct mq_url *u, char *err, size_t errlen)
 			rc = url_int_param(kv, val, 65535, &u->channel_max, err, errlen);
 		else {
 			snprintf(err, errlen,
-				 "RABBITMQ_URL: unsupported query parameter '%s' "
-				 "(supported: heartbeat, frame_max, channel_max)", kv);
+				 "RABBITMQ_URL: unsupported query parameter "
+				 "(supported: heartbeat, frame_max, channel_max)");
 			return -1;
 		}
 		if (rc < 0)

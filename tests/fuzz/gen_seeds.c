@@ -564,6 +564,10 @@ static void gen_regressions(void)
 	 * the password across the '@'. */
 	CONFIG_SEED("regress-redacted-boundary",
 		    "amqp://al\xc5\xc5\xc5\xc5\xc5\xc5:56\xc5\xc5\xc5\xc5%40t@");
+	/* Password bytes after a raw '?': the "unsupported/valueless query
+	 * parameter" errors quoted them. */
+	CONFIG_SEED("regress-query-name-echoed",
+		    "amqp://u:p\xfe\xff\xff\xff\xff@h/?\xfe\xff\xff\xff\xff");
 	/* A URL given as a numeric option's value: the error quoted it. */
 	CONFIG_SEED("regress-value-echoed", "sluice", "--queue", "q", "--batch-bytes",
 		    "postgresql://u:Wr0ng\xc3\xa9" "pass@h/db");
