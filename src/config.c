@@ -34,6 +34,8 @@ static const char *const body_types[] = {"bytea", "jsonb", "text", NULL};
 static const char *const log_levels[] = {"error", "warn", "info", "debug", NULL};
 /* In the order of enum loop_choice. */
 static const char *const io_backends[] = {"auto", "uring", "epoll", NULL};
+/* In the order of enum dead_letter_mode. */
+static const char *const dead_letter_modes[] = {"table", "reject", NULL};
 
 #define OFF(field) offsetof(struct config, field)
 
@@ -58,6 +60,12 @@ static const struct opt_def opts[] = {
 	 "flush a batch this long after its first row, even if small"},
 	{"body-type", "SLUICE_BODY_TYPE", OPT_ENUM, "bytea", 0, 0, body_types, OFF(body_type),
 	 "type of the body column: bytea, jsonb or text"},
+	{"dedupe-key", "SLUICE_DEDUPE_KEY", OPT_STR, "", 0, 0, NULL, OFF(dedupe_key),
+	 "make redelivery harmless: message_id, header:NAME or body (its SHA-256)"},
+	{"dead-letter", "SLUICE_DEAD_LETTER", OPT_ENUM, "table", 0, 0, dead_letter_modes,
+	 OFF(dead_letter), "rows PostgreSQL rejects: table, or reject (to the queue's DLX)"},
+	{"dead-letter-table", "SLUICE_DEAD_LETTER_TABLE", OPT_STR, "sluice_dead_letters", 0, 0,
+	 NULL, OFF(dead_letter_table), "table for dead letters (created if missing)"},
 	{"no-create", "SLUICE_NO_CREATE", OPT_BOOL, "false", 0, 0, NULL, OFF(no_create),
 	 "never create the table; fail if it is missing"},
 	{"drain-timeout", "SLUICE_DRAIN_TIMEOUT", OPT_INT, "30", 1, 3600, NULL,
@@ -225,6 +233,19 @@ static enum config_result config_finish(struct config *c, char *err, size_t errl
 		free(c->table);
 		c->table = strdup(c->queue);
 	}
+	if (!c->dead_letter_table[0])
+		return fail(err, errlen, "SLUICE_DEAD_LETTER_TABLE (--dead-letter-table) is empty");
+	if (!c->dedupe_key[0])
+		c->dedupe = DEDUPE_NONE;
+	else if (strcmp(c->dedupe_key, "message_id") == 0)
+		c->dedupe = DEDUPE_MESSAGE_ID;
+	else if (strcmp(c->dedupe_key, "body") == 0)
+		c->dedupe = DEDUPE_BODY;
+	else if (strncmp(c->dedupe_key, "header:", 7) == 0 && c->dedupe_key[7])
+		c->dedupe = DEDUPE_HEADER, c->dedupe_header = c->dedupe_key + 7;
+	else
+		return fail(err, errlen, "SLUICE_DEDUPE_KEY (--dedupe-key): must be message_id, "
+					 "body or header:NAME");
 	if (mq_url_parse(c->rabbitmq_url, &c->amqp, err, errlen) < 0)
 		return CONFIG_ERROR;
 	if (pg_dsn_check(c->postgres_dsn, err, errlen) < 0)

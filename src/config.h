@@ -11,6 +11,8 @@
 #include "amqp/url.h"
 
 enum body_type { BODY_BYTEA, BODY_JSONB, BODY_TEXT };
+enum dead_letter_mode { DEAD_LETTER_TABLE, DEAD_LETTER_REJECT };
+enum dedupe_kind { DEDUPE_NONE, DEDUPE_MESSAGE_ID, DEDUPE_HEADER, DEDUPE_BODY };
 
 struct config {
 	char *rabbitmq_url; /* secret: never logged; see amqp */
@@ -31,6 +33,11 @@ struct config {
 	long log_level; /* enum log_level */
 	long io;	/* enum loop_choice */
 	char *health_file; /* "" = none */
+	long dead_letter;  /* enum dead_letter_mode */
+	char *dead_letter_table;
+	char *dedupe_key;  /* as given; parsed into the two below */
+	enum dedupe_kind dedupe;
+	const char *dedupe_header; /* DEDUPE_HEADER: the name, inside dedupe_key */
 	bool health_check; /* --health-check: probe and exit */
 };
 

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backoff.h"
 #include "clock.h"
 #include "config.h"
 #include "log.h"
@@ -25,15 +26,50 @@
 #include "shard.h"
 #include "version.h"
 
-/* Prepare the table once, before any shard connects. */
-static char *prepare_table(const struct config *cfg)
+/* The signals the main thread takes (with sigtimedwait; blocked elsewhere). */
+static void main_signals(sigset_t *set)
 {
-	PGconn *pg = pg_connect(cfg);
-	if (!pg)
-		return NULL;
-	char *copy_sql = schema_prepare(pg, cfg);
-	PQfinish(pg);
-	return copy_sql;
+	sigemptyset(set);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGUSR1);
+}
+
+enum prepared { PREPARED, PREPARE_FAILED, PREPARE_STOPPED };
+
+/* Prepare the tables once, before any shard connects. While PostgreSQL
+ * cannot be reached, wait for it with backoff; a signal ends the wait. */
+static enum prepared prepare_tables(const struct config *cfg, struct sql_plan *plan)
+{
+	struct backoff bo;
+	sigset_t set;
+	main_signals(&set);
+	backoff_init(&bo, (unsigned)clock_wall_us());
+	for (;;) {
+		enum pg_class cls;
+		char why[512];
+		PGconn *pg = pg_connect(cfg, &cls, why, sizeof(why));
+		if (pg) {
+			bool ok = schema_prepare(pg, cfg, plan);
+			PQfinish(pg);
+			return ok ? PREPARED : PREPARE_FAILED;
+		}
+		if (cls == PG_CONFIG) {
+			log_error("PostgreSQL: %s (POSTGRES_DSN)", why);
+			return PREPARE_FAILED;
+		}
+		int64_t now = clock_mono_ms();
+		if (backoff_failed(&bo, now, why))
+			log_warn("PostgreSQL: %s; waiting for it (retrying with backoff up to %d s)",
+				 why, BACKOFF_CAP_MS / 1000);
+		int64_t wait = bo.retry_ms - now;
+		struct timespec ts = {.tv_sec = wait / 1000, .tv_nsec = (wait % 1000) * 1000000};
+		int sig = sigtimedwait(&set, NULL, &ts);
+		if (sig == SIGINT || sig == SIGTERM) {
+			log_info("%s while waiting for PostgreSQL: stopping", strsignal(sig));
+			return PREPARE_STOPPED;
+		}
+	}
 }
 
 /* The health file's line: "ok" while every shard consumes. */
@@ -61,10 +97,7 @@ static void write_health(const struct config *cfg, struct shard **shards, int n,
 static int supervise(struct shard **shards, int n, const struct config *cfg)
 {
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGUSR1);
+	main_signals(&set);
 
 	bool tty = isatty(STDERR_FILENO);
 	int64_t interval_ms = cfg->stats_interval_s * 1000;
@@ -168,10 +201,7 @@ int main(int argc, char **argv)
 	 * inherit the mask. SIGPIPE cannot happen (MSG_NOSIGNAL), but libpq
 	 * writes with send() too, so ignore it outright. */
 	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGUSR1);
+	main_signals(&set);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -180,16 +210,22 @@ int main(int argc, char **argv)
 	log_info("sluice %s: queue '%s' at %s -> table %s, %ld shards, batches of %ld rows",
 		 SLUICE_VERSION, cfg.queue, where, cfg.table, cfg.shards, cfg.batch_rows);
 
-	char *copy_sql = prepare_table(&cfg);
-	if (!copy_sql) {
+	if (cfg.dead_letter == DEAD_LETTER_REJECT)
+		log_info("--dead-letter reject: rows PostgreSQL rejects go back to the broker; "
+			 "without a dead-letter exchange on queue '%s' RabbitMQ drops them",
+			 cfg.queue);
+	struct sql_plan plan;
+	enum prepared prep = prepare_tables(&cfg, &plan);
+	if (prep != PREPARED) {
+		sql_plan_free(&plan);
 		config_free(&cfg);
-		return 1;
+		return prep == PREPARE_STOPPED ? 0 : 1;
 	}
 
 	struct shard **shards = calloc((size_t)cfg.shards, sizeof(*shards));
 	int n = 0;
 	while (shards && n < cfg.shards) {
-		shards[n] = shard_start(n, &cfg, copy_sql);
+		shards[n] = shard_start(n, &cfg, &plan);
 		if (!shards[n])
 			break;
 		n++;
@@ -201,7 +237,7 @@ int main(int argc, char **argv)
 	if (n > 0 && supervise(shards, n, &cfg) != 0)
 		rc = 1;
 	free(shards);
-	free(copy_sql);
+	sql_plan_free(&plan);
 	config_free(&cfg);
 	return rc;
 }

@@ -1,7 +1,16 @@
-/* The shard's loop and the glue between its AMQP connection and its COPY
- * state machine: deliveries stream into the filling batch; a due batch goes
- * to PostgreSQL while the next one fills; after the commit, one
- * basic.ack(multiple) for the batch's last delivery tag. */
+/* The shard's loop and the glue between its AMQP connection and its
+ * PostgreSQL connection: deliveries stream into the filling batch; a due
+ * batch goes to PostgreSQL while the next one fills; after the commit, one
+ * basic.ack(multiple) for the batch's last delivery tag.
+ *
+ * Failures (DESIGN.md, "failure classes"): a lost connection on either side
+ * is reconnected with backoff while the other side carries on; a batch that
+ * PostgreSQL rejects for its data is loaded again piece by piece in one
+ * transaction until the offending rows are isolated, and those become dead
+ * letters in the same transaction; a rejected setting stops the shard.
+ * Delivery tags belong to one channel: when the AMQP connection goes, the
+ * rows it delivered are dropped (and their COPY abandoned if it can still
+ * be), never acked; the broker delivers them again. */
 #include "shard.h"
 
 #include <errno.h>
@@ -15,15 +24,21 @@
 #include <unistd.h>
 
 #include "amqp/conn.h"
+#include "backoff.h"
 #include "clock.h"
 #include "io/loop.h"
 #include "log.h"
 #include "pg/connect.h"
 #include "pg/copy.h"
+#include "pg/deadletter.h"
+#include "pg/isolate.h"
 #include "row/copybin.h"
+#include "row/dedupe.h"
 #include "row/envelope.h"
 
-/* What a completion is for; the loop tag carries it. */
+/* What a completion is for: the low byte of its tag. The rest of the tag
+ * is the generation of the connection it belongs to, so completions of a
+ * connection already dropped are recognised and ignored. */
 enum shard_op {
 	OP_MQ_RECV = 1,
 	OP_MQ_SEND,
@@ -31,22 +46,62 @@ enum shard_op {
 	OP_PG_WRITABLE,
 	OP_WAKE,
 };
+#define TAG(op, gen) ((uint64_t)(gen) << 8 | (op))
 
 enum shard_phase {
 	SHARD_RUN,   /* consuming */
 	SHARD_DRAIN, /* consumer cancelled: commit and ack what we hold, then close */
-	SHARD_DONE,  /* connection closed or failed: leave the loop */
+	SHARD_DONE,  /* leave the loop */
 };
+
+enum pg_link {
+	PGL_DOWN,	/* no connection; the next attempt at pg_bo.retry_ms */
+	PGL_CONNECTING, /* PQconnectPoll in progress */
+	PGL_SETUP,	/* running the plan's per-connection setup */
+	PGL_READY,
+};
+
+/* What the job in flight is. */
+enum job_kind { JOB_NONE, JOB_SETUP, JOB_LOAD, JOB_PIECE, JOB_FINAL };
 
 #define SHARD_DEPTH_POLL_MS 1000
 /* --until-empty: quiet this long before asking whether the queue is empty. */
 #define SHARD_IDLE_PROBE_MS 200
+#define SAVEPOINT "SAVEPOINT sluice_piece"
+
+/* Rows waiting for, or in, one COPY, and the messages of the batch that
+ * became dead letters before reaching PostgreSQL. */
+struct batch {
+	struct buf data;    /* envelope tuples, back to back */
+	struct row_ref {
+		size_t at;	   /* offset of the tuple in data */
+		uint64_t tag;	   /* its delivery tag */
+	} *rows;
+	uint32_t nrows, cap;
+	struct buf dead;    /* dead-letter tuples (--dead-letter table) */
+	uint64_t *dead_tags;
+	uint32_t ndead, dead_cap;
+	uint64_t last_tag;  /* of the batch's last message, acked with multiple */
+	int64_t first_ms;   /* monotonic ms when the first message arrived */
+	bool orphan;	    /* its channel is gone: never ack, never retry */
+};
+
+/* Isolating the bad rows of the flushing batch. */
+struct resolve {
+	bool active;
+	struct isolate iso;
+	struct iso_range piece; /* in flight */
+	bool begun;		/* BEGIN sent: the pieces run in one transaction */
+	bool last_failed;	/* the previous piece failed: roll back to the savepoint */
+	size_t dead_len0;	/* the batch's dead letters before isolation */
+	uint32_t ndead0;
+};
 
 struct shard {
 	int id;
 	char name[32];
 	const struct config *cfg;
-	const char *copy_sql;
+	const struct sql_plan *plan;
 	pthread_t thread;
 	int wake_fd;
 	_Atomic bool stop_requested;
@@ -55,15 +110,31 @@ struct shard {
 	struct shard_stats stats;
 
 	struct loop *loop;
+
 	struct mq mq;
+	uint32_t mq_gen;
+	struct backoff mq_bo;
+
 	PGconn *pg;
+	enum pg_link pg_link;
+	uint32_t pg_gen;
+	struct backoff pg_bo;
+	PostgresPollingStatusType pg_polling;
+	int64_t pg_deadline_ms; /* connection attempt */
 	struct pgc pgc;
+	enum job_kind job;
+	struct buf sql; /* the text of a composed job */
+	bool pg_in_armed, pg_out_armed, wake_armed;
+
 	struct batch batch[2];
 	struct batch *filling;
-	struct batch *flushing; /* in the COPY, or NULL */
-	bool in_row;		/* a message's row is partly written */
+	struct batch *flushing; /* handed to PostgreSQL, or waiting for it */
+	struct resolve rs;
+	struct dedupe dd;
+	bool in_row;	  /* a message's row is partly written */
+	bool row_skip;	  /* its body is too large to keep */
+	size_t row_at;	  /* where it starts in filling->data */
 	uint64_t row_tag;
-	bool pg_in_armed, pg_out_armed, wake_armed;
 
 	enum shard_phase phase;
 	int64_t now_ms;
@@ -75,50 +146,125 @@ struct shard {
 	uint64_t deliveries;
 };
 
+/* ---- batches -------------------------------------------------------------- */
+
 static void batch_reset(struct batch *b)
 {
 	buf_reset(&b->data);
-	cbin_header(&b->data);
-	b->rows = 0;
+	buf_reset(&b->dead);
+	b->nrows = b->ndead = 0;
 	b->last_tag = 0;
+	b->orphan = false;
 }
 
-/* Leave the loop for good: the broker requeues whatever we did not ack. */
-static void shard_fail(struct shard *s)
+static void batch_free(struct batch *b)
 {
-	s->exit_code = 1;
-	s->phase = SHARD_DONE;
+	buf_free(&b->data);
+	buf_free(&b->dead);
+	free(b->rows);
+	free(b->dead_tags);
+}
+
+static uint32_t batch_msgs(const struct batch *b) { return b->nrows + b->ndead; }
+
+/* Grow an array of n elements of size sz to hold one more. */
+static void *grow(void *p, uint32_t n, uint32_t *cap, size_t sz)
+{
+	if (n < *cap)
+		return p;
+	uint32_t c = *cap ? *cap * 2 : 256;
+	p = realloc(p, c * sz);
+	if (!p)
+		abort(); /* as buf.c */
+	*cap = c;
+	return p;
+}
+
+static void batch_add_row(struct batch *b, size_t at, uint64_t tag)
+{
+	b->rows = grow(b->rows, b->nrows, &b->cap, sizeof(*b->rows));
+	b->rows[b->nrows++] = (struct row_ref){at, tag};
+}
+
+static size_t batch_row_end(const struct batch *b, uint32_t i)
+{
+	return i + 1 < b->nrows ? b->rows[i + 1].at : b->data.len;
+}
+
+/* The message with delivery tag `tag` and envelope tuple row[0..n) is a
+ * dead letter: a dead-letter row, or (--dead-letter reject) a reject. */
+static void batch_add_dead(struct shard *s, struct batch *b, uint64_t tag, const uint8_t *row,
+			   size_t n, const char *sqlstate, const char *error)
+{
+	b->dead_tags = grow(b->dead_tags, b->ndead, &b->dead_cap, sizeof(*b->dead_tags));
+	b->dead_tags[b->ndead++] = tag;
+	if (s->cfg->dead_letter == DEAD_LETTER_TABLE)
+		dl_row(&b->dead, s->cfg, row, n, sqlstate, error, clock_wall_us());
+	else
+		log_warn("rejecting delivery %llu to the queue's dead-letter exchange: %s "
+			 "(SQLSTATE %s)", (unsigned long long)tag, error, sqlstate);
 }
 
 /* ---- deliveries -> rows (mq_handler) ------------------------------------ */
+
+static uint16_t shard_ncols(const struct shard *s)
+{
+	return ENV_NCOLS + (s->cfg->dedupe != DEDUPE_NONE);
+}
 
 static void on_deliver(void *ctx, const amqp_basic_deliver_t *d)
 {
 	struct shard *s = ctx;
 	s->in_row = true;
+	s->row_skip = false;
 	s->row_tag = d->delivery_tag;
-	env_row_begin(&s->filling->data, d->exchange, d->routing_key);
+	s->row_at = s->filling->data.len;
+	env_row_begin(&s->filling->data, shard_ncols(s), d->exchange, d->routing_key);
 }
 
 static void on_header(void *ctx, const amqp_basic_properties_t *p, uint64_t body_size)
 {
 	struct shard *s = ctx;
-	env_row_props(&s->filling->data, p, body_size, (enum body_type)s->cfg->body_type,
-		      clock_wall_us());
+	s->row_skip = !env_row_props(&s->filling->data, p, body_size,
+				     (enum body_type)s->cfg->body_type, clock_wall_us());
+	dedupe_props(&s->dd, p);
 }
 
 static void on_body(void *ctx, const void *bytes, size_t len)
 {
 	struct shard *s = ctx;
-	buf_put(&s->filling->data, bytes, len);
+	if (!s->row_skip)
+		buf_put(&s->filling->data, bytes, len);
+	dedupe_body(&s->dd, bytes, len);
 }
 
 static void on_message_end(void *ctx)
 {
 	struct shard *s = ctx;
 	struct batch *b = s->filling;
-	if (b->rows++ == 0)
+	const char *why = NULL, *state = NULL;
+	char big[128];
+
+	if (s->row_skip) {
+		snprintf(big, sizeof(big), "the body is larger than PostgreSQL's field limit "
+					   "(%llu bytes); it is not kept",
+			 (unsigned long long)ENV_BODY_MAX);
+		why = big, state = "54000"; /* program_limit_exceeded */
+	} else if (s->cfg->dedupe != DEDUPE_NONE && !dedupe_write(&s->dd, &b->data)) {
+		why = s->dd.why, state = "23502"; /* not_null_violation: no key */
+	}
+	if (batch_msgs(b) == 0)
 		b->first_ms = s->now_ms;
+	if (why) {
+		/* Rejected before PostgreSQL: the row leaves the batch. */
+		if (s->cfg->dedupe != DEDUPE_NONE)
+			cbin_null(&b->data); /* complete the tuple for dl_row */
+		batch_add_dead(s, b, s->row_tag, b->data.data + s->row_at,
+			       b->data.len - s->row_at, state, why);
+		b->data.len = s->row_at;
+	} else {
+		batch_add_row(b, s->row_at, s->row_tag);
+	}
 	b->last_tag = s->row_tag;
 	s->in_row = false;
 	s->deliveries++;
@@ -133,59 +279,467 @@ static void on_depth(void *ctx, uint32_t ready)
 		return;
 	/* Empty, and nothing arrived since we asked: we hold the rest. */
 	if (s->deliveries == s->deliveries_at_probe && !s->in_row && !s->flushing &&
-	    s->filling->rows == 0) {
+	    batch_msgs(s->filling) == 0) {
 		log_info("queue '%s' is empty; stopping (--until-empty)", s->cfg->queue);
 		atomic_store(&s->stop_requested, true);
 	}
 }
 
-/* ---- COPY --------------------------------------------------------------- */
+/* ---- failure -------------------------------------------------------------- */
+
+/* Leave the loop for good: the broker requeues whatever we did not ack. */
+static void shard_fail(struct shard *s)
+{
+	s->exit_code = 1;
+	s->phase = SHARD_DONE;
+}
+
+/* A connection failed and will be retried: log when the reason is new. */
+static void link_retry(struct shard *s, struct backoff *bo, const char *who, const char *why)
+{
+	bool news = backoff_failed(bo, s->now_ms, why);
+	if (news)
+		log_warn("%s: %s; retrying in %lld ms, then with backoff up to %d s", who, why,
+			 (long long)(bo->retry_ms - s->now_ms), BACKOFF_CAP_MS / 1000);
+	else
+		log_debug("%s: %s (attempt %d)", who, why, bo->attempts);
+}
+
+static void link_up(struct shard *s, struct backoff *bo, const char *who)
+{
+	int64_t since = bo->since_ms;
+	int n = backoff_succeeded(bo);
+	if (n > 0)
+		log_info("%s: connected again after %d failed attempts in %.1f s", who, n,
+			 (double)(s->now_ms - since) / 1000);
+}
+
+/* ---- PostgreSQL ------------------------------------------------------------ */
+
+static void pg_drop(struct shard *s)
+{
+	if (s->pg) {
+		int fd = PQsocket(s->pg);
+		if (fd >= 0)
+			loop_cancel(s->loop, fd);
+		PQfinish(s->pg);
+	}
+	s->pg = NULL;
+	s->pg_link = PGL_DOWN;
+	s->pg_gen++;
+	s->pg_in_armed = s->pg_out_armed = false;
+	s->job = JOB_NONE;
+	pgc_init(&s->pgc, NULL);
+}
+
+/* The connection is lost or unusable for a transient reason: the batch
+ * stays and goes again, whole, on the next connection (its transaction
+ * did not commit, or we cannot know; --dedupe-key makes that harmless). */
+static void pg_lost(struct shard *s, const char *why)
+{
+	pg_drop(s);
+	if (s->rs.active) { /* its transaction is gone: isolate again */
+		s->flushing->dead.len = s->rs.dead_len0;
+		s->flushing->ndead = s->rs.ndead0;
+		s->rs.active = false;
+	}
+	link_retry(s, &s->pg_bo, "PostgreSQL", why);
+}
+
+/* A connection attempt failed: retry, unless the server refused a setting. */
+static void pg_connect_failed(struct shard *s)
+{
+	char why[512];
+	enum pg_class cls = pg_connect_error(s->pg, why, sizeof(why));
+	if (cls != PG_CONFIG) {
+		pg_lost(s, why);
+		return;
+	}
+	log_error("PostgreSQL: %s (POSTGRES_DSN)", why);
+	pg_drop(s);
+	shard_fail(s);
+}
+
+static void pg_connect_begin(struct shard *s)
+{
+	s->pg = pg_connect_start(s->cfg);
+	if (!s->pg || PQstatus(s->pg) == CONNECTION_BAD) {
+		pg_connect_failed(s);
+		return;
+	}
+	s->pg_link = PGL_CONNECTING;
+	s->pg_polling = PGRES_POLLING_WRITING;
+	s->pg_deadline_ms = s->now_ms + PG_CONNECT_TIMEOUT_MS;
+}
+
+static void shard_start_job(struct shard *s, enum job_kind kind, const struct pgc_job *job);
+
+static void pg_connected(struct shard *s)
+{
+	PQsetErrorVerbosity(s->pg, PQERRORS_DEFAULT);
+	if (PQsetnonblocking(s->pg, 1) != 0) {
+		pg_lost(s, "cannot enter non-blocking mode");
+		return;
+	}
+	pgc_init(&s->pgc, s->pg);
+	if (s->plan->setup) {
+		s->pg_link = PGL_SETUP;
+		shard_start_job(s, JOB_SETUP, &(struct pgc_job){.sql = s->plan->setup});
+	} else {
+		s->pg_link = PGL_READY;
+		link_up(s, &s->pg_bo, "PostgreSQL");
+	}
+}
+
+static void pg_connect_step(struct shard *s)
+{
+	s->pg_polling = PQconnectPoll(s->pg);
+	if (s->pg_polling == PGRES_POLLING_OK) {
+		pg_connected(s);
+		return;
+	}
+	if (s->pg_polling == PGRES_POLLING_FAILED)
+		pg_connect_failed(s);
+}
+
+/* ---- COPY jobs ------------------------------------------------------------- */
+
+static void shard_job_done(struct shard *s, enum pgc_progress r);
+static void shard_committed(struct shard *s);
+
+static void shard_start_job(struct shard *s, enum job_kind kind, const struct pgc_job *job)
+{
+	s->job = kind;
+	shard_job_done(s, pgc_start(&s->pgc, job));
+}
+
+static struct pgc_rows batch_rows(const struct batch *b, uint32_t lo, uint32_t hi)
+{
+	size_t from = b->rows[lo].at, to = batch_row_end(b, hi - 1);
+	return (struct pgc_rows){b->data.data + from, to - from};
+}
+
+static struct pgc_rows batch_dead_rows(const struct batch *b)
+{
+	return (struct pgc_rows){b->dead.data, b->dead.len};
+}
+
+static bool shard_writes_dead(const struct shard *s, const struct batch *b)
+{
+	return s->cfg->dead_letter == DEAD_LETTER_TABLE && b->ndead > 0;
+}
+
+/* The flushing batch's first attempt: its rows and its dead letters in one
+ * implicit transaction (several statements in one query string). */
+static void shard_load(struct shard *s)
+{
+	struct batch *b = s->flushing;
+	struct pgc_job job = {0};
+	buf_reset(&s->sql);
+	if (b->nrows) {
+		buf_put_str(&s->sql, s->plan->load);
+		job.copy[job.ncopy++] = batch_rows(b, 0, b->nrows);
+	}
+	if (shard_writes_dead(s, b)) {
+		buf_put_str(&s->sql, s->sql.len ? "; " : "");
+		buf_put_str(&s->sql, s->plan->dead);
+		job.copy[job.ncopy++] = batch_dead_rows(b);
+	}
+	buf_put_u8(&s->sql, 0);
+	job.sql = (const char *)s->sql.data;
+	shard_start_job(s, JOB_LOAD, &job);
+}
+
+/* Isolation runs in one explicit transaction: each piece behind a
+ * savepoint, rolled back to when the piece fails; the last job writes the
+ * dead letters and commits. Nothing of the batch commits before all of it
+ * is settled, so a crash midway leaves no partial batch behind. */
+static void shard_piece_prefix(struct shard *s)
+{
+	buf_reset(&s->sql);
+	if (!s->rs.begun)
+		buf_put_str(&s->sql, "BEGIN; " SAVEPOINT "; ");
+	else if (s->rs.last_failed)
+		buf_put_str(&s->sql, "ROLLBACK TO " SAVEPOINT "; ");
+	else
+		buf_put_str(&s->sql, "RELEASE " SAVEPOINT "; " SAVEPOINT "; ");
+}
+
+static void shard_resolve_next(struct shard *s)
+{
+	struct batch *b = s->flushing;
+	struct pgc_job job = {0};
+	if (iso_next(&s->rs.iso, &s->rs.piece)) {
+		shard_piece_prefix(s);
+		s->rs.begun = true;
+		buf_put_str(&s->sql, s->plan->load);
+		if (s->plan->piece_end) {
+			buf_put_str(&s->sql, "; ");
+			buf_put_str(&s->sql, s->plan->piece_end);
+		}
+		buf_put_u8(&s->sql, 0);
+		job.sql = (const char *)s->sql.data;
+		job.copy[job.ncopy++] = batch_rows(b, s->rs.piece.lo, s->rs.piece.hi);
+		shard_start_job(s, JOB_PIECE, &job);
+		return;
+	}
+	/* The closing job. Without a piece run (a batch of one row) there is
+	 * no transaction block: the dead letters go in an implicit one. */
+	buf_reset(&s->sql);
+	if (s->rs.last_failed)
+		buf_put_str(&s->sql, "ROLLBACK TO " SAVEPOINT "; ");
+	if (shard_writes_dead(s, b)) {
+		buf_put_str(&s->sql, s->plan->dead);
+		job.copy[job.ncopy++] = batch_dead_rows(b);
+	}
+	if (s->rs.begun)
+		buf_put_str(&s->sql, job.ncopy ? "; COMMIT" : "COMMIT");
+	if (s->sql.len == 0) { /* rejects only: nothing to write */
+		shard_committed(s);
+		return;
+	}
+	buf_put_u8(&s->sql, 0);
+	job.sql = (const char *)s->sql.data;
+	shard_start_job(s, JOB_FINAL, &job);
+}
+
+static void shard_resolve_begin(struct shard *s)
+{
+	struct batch *b = s->flushing;
+	s->rs.active = true;
+	s->rs.begun = false;
+	s->rs.last_failed = false;
+	s->rs.dead_len0 = b->dead.len;
+	s->rs.ndead0 = b->ndead;
+	iso_reset(&s->rs.iso);
+	log_warn("PostgreSQL rejected a batch of %u rows: %s (SQLSTATE %s); isolating the "
+		 "rows at fault", b->nrows, s->pgc.error, s->pgc.sqlstate);
+	struct iso_range all = {0, b->nrows};
+	long line = s->pgc.failed_in_copy == 1 ? s->pgc.line : 0;
+	if (iso_split(&s->rs.iso, all, line))
+		batch_add_dead(s, b, b->rows[0].tag, b->data.data, b->data.len,
+			       s->pgc.sqlstate, s->pgc.error);
+	shard_resolve_next(s);
+}
+
+/* A piece failed for its data: a single row is a culprit, else split. */
+static void shard_piece_failed(struct shard *s)
+{
+	struct batch *b = s->flushing;
+	struct iso_range r = s->rs.piece;
+	s->rs.last_failed = true;
+	if (iso_split(&s->rs.iso, r, s->pgc.line)) {
+		size_t at = b->rows[r.lo].at;
+		batch_add_dead(s, b, b->rows[r.lo].tag, b->data.data + at,
+			       batch_row_end(b, r.lo) - at, s->pgc.sqlstate, s->pgc.error);
+	}
+	shard_resolve_next(s);
+}
+
+/* The highest tag of the batch that is not rejected: basic.ack needs a tag
+ * still outstanding, even with multiple set. 0 if there is none. */
+static uint64_t batch_ack_tag(const struct batch *b)
+{
+	for (uint32_t i = b->nrows; i-- > 0;) {
+		bool rejected = false;
+		for (uint32_t k = 0; k < b->ndead && !rejected; k++)
+			rejected = b->dead_tags[k] == b->rows[i].tag;
+		if (!rejected)
+			return b->rows[i].tag;
+	}
+	return 0;
+}
 
 static void shard_committed(struct shard *s)
 {
 	struct batch *b = s->flushing;
-	mq_ack(&s->mq, b->last_tag);
-	atomic_fetch_add_explicit(&s->stats.rows, b->rows, memory_order_relaxed);
+	uint32_t loaded = b->nrows - (s->rs.active ? b->ndead - s->rs.ndead0 : 0);
+	if (s->rs.active)
+		log_warn("batch settled: %u rows loaded, %u dead-lettered%s", loaded,
+			 b->ndead - s->rs.ndead0,
+			 s->cfg->dead_letter == DEAD_LETTER_TABLE ? "" : " (rejected)");
+	if (s->cfg->dead_letter == DEAD_LETTER_REJECT) {
+		for (uint32_t k = 0; k < b->ndead; k++)
+			mq_reject(&s->mq, b->dead_tags[k]);
+		uint64_t tag = batch_ack_tag(b);
+		if (tag)
+			mq_ack(&s->mq, tag);
+	} else {
+		mq_ack(&s->mq, b->last_tag);
+	}
+	atomic_fetch_add_explicit(&s->stats.rows, loaded, memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->stats.dead, b->ndead, memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->stats.batches, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->stats.bytes, b->data.len, memory_order_relaxed);
-	log_debug("committed %u rows, acked up to tag %llu", b->rows,
+	log_debug("committed %u rows, acked up to tag %llu", loaded,
 		  (unsigned long long)b->last_tag);
+	s->rs.active = false;
 	batch_reset(b);
 	s->flushing = NULL;
 }
 
-static void shard_pg_progress(struct shard *s, enum pgc_progress r)
+static void shard_job_failed(struct shard *s, enum job_kind kind)
 {
-	switch (r) {
-	case PGC_PENDING:
-		return;
-	case PGC_COMMITTED:
-		shard_committed(s);
-		return;
-	case PGC_FAILED:
-		log_error("PostgreSQL: COPY of %u rows into %s failed: %s (SQLSTATE %s); "
-			  "the batch stays unacked and will be redelivered",
-			  s->flushing->rows, s->cfg->table, s->pgc.error, s->pgc.sqlstate);
-		shard_fail(s);
+	struct pgc *c = &s->pgc;
+	enum pg_class cls = c->state == PGC_BROKEN ? PG_TRANSIENT : pg_classify(c->sqlstate);
+	char why[600];
+	snprintf(why, sizeof(why), "%s (SQLSTATE %s)", c->error, c->sqlstate);
+
+	if (cls == PG_TRANSIENT) {
+		pg_lost(s, why);
 		return;
 	}
+	/* Per-row errors in the dead letters, or at COMMIT (a deferred
+	 * constraint), cannot be isolated: stop rather than loop. */
+	bool dead_failed = kind == JOB_FINAL ||
+			   (kind == JOB_LOAD && c->failed_in_copy == 2) ||
+			   (kind == JOB_LOAD && s->flushing->nrows == 0);
+	if (cls == PG_ROW && kind == JOB_LOAD && !dead_failed) {
+		shard_resolve_begin(s);
+		return;
+	}
+	if (cls == PG_ROW && kind == JOB_PIECE) {
+		shard_piece_failed(s);
+		return;
+	}
+	if (dead_failed)
+		log_error("PostgreSQL: cannot write dead letters to %s: %s "
+			  "(SLUICE_DEAD_LETTER_TABLE); stopping, nothing of the batch is acked",
+			  s->cfg->dead_letter_table, why);
+	else if (kind == JOB_SETUP)
+		log_error("PostgreSQL: cannot create the temporary table --dedupe-key needs: %s",
+			  why);
+	else
+		log_error("PostgreSQL: %s: a setting needs fixing (SLUICE_TABLE, POSTGRES_DSN); "
+			  "stopping, the batch stays unacked", why);
+	shard_fail(s);
+}
+
+static void shard_job_done(struct shard *s, enum pgc_progress r)
+{
+	if (r == PGC_PENDING)
+		return;
+	enum job_kind kind = s->job;
+	s->job = JOB_NONE;
+
+	if (kind == JOB_SETUP) {
+		if (r == PGC_OK) {
+			s->pg_link = PGL_READY;
+			link_up(s, &s->pg_bo, "PostgreSQL");
+		} else {
+			shard_job_failed(s, kind);
+		}
+		return;
+	}
+	if (s->flushing->orphan) {
+		/* Its channel is gone: whatever happened, it is redelivered.
+		 * An abandoned COPY leaves the transaction aborted; a broken
+		 * connection must be replaced. */
+		if (s->pgc.state == PGC_BROKEN || s->rs.active)
+			pg_drop(s);
+		s->rs.active = false;
+		batch_reset(s->flushing);
+		s->flushing = NULL;
+		return;
+	}
+	if (r == PGC_FAILED) {
+		shard_job_failed(s, kind);
+		return;
+	}
+	if (kind == JOB_PIECE) {
+		s->rs.last_failed = false;
+		shard_resolve_next(s);
+		return;
+	}
+	shard_committed(s);
 }
 
 static bool batch_due(const struct shard *s, const struct batch *b)
 {
 	const struct config *c = s->cfg;
-	return b->rows >= (uint32_t)c->batch_rows || b->data.len >= (size_t)c->batch_bytes ||
+	return b->nrows >= (uint32_t)c->batch_rows || b->data.len >= (size_t)c->batch_bytes ||
 	       s->now_ms - b->first_ms >= c->linger_ms || s->phase == SHARD_DRAIN;
 }
 
 static void shard_maybe_flush(struct shard *s)
 {
 	struct batch *b = s->filling;
-	if (s->flushing || s->in_row || b->rows == 0 || !batch_due(s, b))
+	if (!s->flushing && !s->in_row && batch_msgs(b) > 0 && batch_due(s, b)) {
+		s->flushing = b;
+		s->filling = b == &s->batch[0] ? &s->batch[1] : &s->batch[0];
+	}
+	if (!s->flushing || s->job != JOB_NONE)
 		return;
-	s->flushing = b;
-	s->filling = b == &s->batch[0] ? &s->batch[1] : &s->batch[0];
-	shard_pg_progress(s, pgc_start(&s->pgc, b));
+	if (s->flushing->orphan) {
+		batch_reset(s->flushing);
+		s->flushing = NULL;
+		return;
+	}
+	if (s->pg_link != PGL_READY)
+		return;
+	if (s->flushing->nrows == 0 && !shard_writes_dead(s, s->flushing)) {
+		shard_committed(s); /* only rejects to send */
+		return;
+	}
+	shard_load(s);
+}
+
+/* ---- RabbitMQ ------------------------------------------------------------- */
+
+static bool mq_up(const struct shard *s) { return s->mq.fd >= 0; }
+
+static void mq_connect(struct shard *s)
+{
+	s->mq_gen++;
+	const struct mq_params p = {
+		.url = &s->cfg->amqp,
+		.queue = s->cfg->queue,
+		.prefetch = (uint16_t)s->cfg->prefetch,
+		.connection_name = s->name,
+		.tag_recv = TAG(OP_MQ_RECV, s->mq_gen),
+		.tag_send = TAG(OP_MQ_SEND, s->mq_gen),
+	};
+	const struct mq_handler h = {
+		.ctx = s,
+		.deliver = on_deliver,
+		.header = on_header,
+		.body = on_body,
+		.message_end = on_message_end,
+		.depth = on_depth,
+	};
+	if (!mq_open(&s->mq, &p, &h)) {
+		mq_disconnect(&s->mq, s->loop);
+		link_retry(s, &s->mq_bo, "RabbitMQ", s->mq.reason);
+	}
+}
+
+/* The connection failed or closed under us: its deliveries are the
+ * broker's again. */
+static void mq_lost(struct shard *s)
+{
+	char why[sizeof(s->mq.reason)];
+	snprintf(why, sizeof(why), "%s", s->mq.reason[0] ? s->mq.reason : "connection closed");
+	bool config = s->mq.config_error;
+	mq_disconnect(&s->mq, s->loop);
+	atomic_store_explicit(&s->stats.consuming, false, memory_order_relaxed);
+
+	batch_reset(s->filling);
+	s->in_row = false;
+	if (s->flushing) {
+		s->flushing->orphan = true;
+		if (s->job == JOB_LOAD || s->job == JOB_PIECE)
+			pgc_abort(&s->pgc); /* if its data is still going out, nothing commits */
+	}
+	if (config) {
+		log_error("RabbitMQ: %s", why);
+		shard_fail(s);
+	} else if (s->phase == SHARD_DRAIN) {
+		log_warn("RabbitMQ: %s while draining; what was not acked will be redelivered",
+			 why);
+		s->phase = SHARD_DONE;
+	} else {
+		link_retry(s, &s->mq_bo, "RabbitMQ", why);
+	}
 }
 
 /* ---- the loop ----------------------------------------------------------- */
@@ -196,52 +750,78 @@ static void shard_begin_drain(struct shard *s)
 		return;
 	s->phase = SHARD_DRAIN;
 	s->drain_deadline_ms = s->now_ms + s->cfg->drain_timeout_s * 1000;
-	if (s->mq.state == MQ_CONSUMING)
+	if (!mq_up(s))
+		s->phase = SHARD_DONE; /* nothing we hold can be acked */
+	else if (s->mq.state == MQ_CONSUMING)
 		mq_cancel(&s->mq);
 	else
 		mq_close(&s->mq, "shutdown"); /* still in the handshake */
 }
 
-/* Per turn, before waiting: flush a due batch, finish a drain, decide on
- * backpressure, hand queued frames to the kernel and arm the polls. */
+/* The connections' state changes that are decided between turns. */
+static void shard_links(struct shard *s)
+{
+	if (mq_up(s)) {
+		if (s->mq.state == MQ_CONSUMING)
+			link_up(s, &s->mq_bo, "RabbitMQ");
+		if (s->phase == SHARD_RUN && s->mq.state == MQ_CANCELLED) {
+			/* The broker cancelled us (queue deleted, node down): start
+			 * over; consuming again says whether the queue is there. */
+			mq_close(&s->mq, "consumer cancelled by the broker");
+		}
+		if (s->mq.state == MQ_FAILED || (s->mq.state == MQ_CLOSED && s->phase == SHARD_RUN))
+			mq_lost(s);
+	} else if (s->phase == SHARD_RUN && s->now_ms >= s->mq_bo.retry_ms) {
+		mq_connect(s);
+	}
+	if (s->phase != SHARD_DONE && s->pg_link == PGL_DOWN && s->now_ms >= s->pg_bo.retry_ms)
+		pg_connect_begin(s);
+}
+
+/* Per turn, before waiting: reconnect, flush a due batch, finish a drain,
+ * decide on backpressure, hand queued frames to the kernel and arm polls. */
 static bool shard_before_sleep(struct shard *s)
 {
 	if (atomic_load_explicit(&s->stop_requested, memory_order_relaxed))
 		shard_begin_drain(s);
+	shard_links(s);
+	if (s->phase == SHARD_DONE)
+		return false;
 	shard_maybe_flush(s);
-	s->mq_deadline_ms = mq_tick(&s->mq, s->now_ms);
+	if (mq_up(s))
+		s->mq_deadline_ms = mq_tick(&s->mq, s->now_ms);
 
-	if (s->phase == SHARD_DRAIN && s->mq.state == MQ_CANCELLED && !s->flushing &&
-	    !s->in_row && s->filling->rows == 0)
+	if (s->phase == SHARD_DRAIN && mq_up(s) && s->mq.state == MQ_CANCELLED &&
+	    !s->flushing && !s->in_row && batch_msgs(s->filling) == 0)
 		mq_close(&s->mq, "shutdown");
-	if (s->mq.state == MQ_CLOSED)
+	if (s->phase == SHARD_DRAIN && mq_up(s) && s->mq.state == MQ_CLOSED)
 		s->phase = SHARD_DONE;
-	if (s->phase == SHARD_RUN && s->mq.state == MQ_CANCELLED) {
-		log_error("RabbitMQ: %s; stopping", s->mq.reason);
-		s->exit_code = 1;
-		shard_begin_drain(s);
-	}
-	if (s->mq.state == MQ_FAILED || s->pgc.state == PGC_BROKEN)
-		shard_fail(s);
-	atomic_store_explicit(&s->stats.consuming, s->mq.state == MQ_CONSUMING,
+	if (mq_up(s) && s->mq.state == MQ_FAILED)
+		mq_lost(s);
+	atomic_store_explicit(&s->stats.consuming, mq_up(s) && s->mq.state == MQ_CONSUMING,
 			      memory_order_relaxed);
 	if (s->phase == SHARD_DONE)
 		return false;
 
-	/* Backpressure: while a COPY is running, stop reading deliveries once
-	 * the next batch holds two batches' worth of bytes (only between rows,
-	 * so one message larger than that still completes). */
+	/* Backpressure: while a batch waits for PostgreSQL, stop reading
+	 * deliveries once the next batch holds two batches' worth of bytes
+	 * (only between rows, so one message larger than that completes). */
 	s->mq.recv_paused = s->flushing && !s->in_row &&
 			    s->filling->data.len >= 2 * (size_t)s->cfg->batch_bytes;
 
-	int rc = mq_pump(&s->mq, s->loop, s->now_ms);
-	int fd = PQsocket(s->pg);
-	if (rc == 0 && (s->pgc.want & POLLIN) && !s->pg_in_armed) {
-		rc = loop_poll(s->loop, fd, POLLIN, OP_PG_READABLE);
+	int rc = mq_up(s) ? mq_pump(&s->mq, s->loop, s->now_ms) : 0;
+	unsigned want = 0;
+	if (s->pg_link == PGL_CONNECTING)
+		want = s->pg_polling == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+	else if (s->pg_link != PGL_DOWN)
+		want = s->pgc.want;
+	int fd = s->pg ? PQsocket(s->pg) : -1;
+	if (rc == 0 && fd >= 0 && (want & POLLIN) && !s->pg_in_armed) {
+		rc = loop_poll(s->loop, fd, POLLIN, TAG(OP_PG_READABLE, s->pg_gen));
 		s->pg_in_armed = rc == 0;
 	}
-	if (rc == 0 && (s->pgc.want & POLLOUT) && !s->pg_out_armed) {
-		rc = loop_poll(s->loop, fd, POLLOUT, OP_PG_WRITABLE);
+	if (rc == 0 && fd >= 0 && (want & POLLOUT) && !s->pg_out_armed) {
+		rc = loop_poll(s->loop, fd, POLLOUT, TAG(OP_PG_WRITABLE, s->pg_gen));
 		s->pg_out_armed = rc == 0;
 	}
 	if (rc == 0 && !s->wake_armed) {
@@ -256,18 +836,21 @@ static bool shard_before_sleep(struct shard *s)
 	return true;
 }
 
-/* The nearest deadline: heartbeats, linger, drain, depth polls. */
+static int64_t earliest(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* The nearest deadline: heartbeats, linger, drain, depth polls, retries. */
 static int shard_timeout_ms(struct shard *s)
 {
-	int64_t next = s->mq_deadline_ms;
-	if (s->filling->rows && !s->flushing) {
-		int64_t linger = s->filling->first_ms + s->cfg->linger_ms;
-		next = linger < next ? linger : next;
-	}
-	if (s->phase == SHARD_DRAIN && s->drain_deadline_ms < next)
-		next = s->drain_deadline_ms;
-	if (s->next_depth_ms < next)
-		next = s->next_depth_ms;
+	int64_t next = mq_up(s) ? s->mq_deadline_ms : s->mq_bo.retry_ms;
+	if (batch_msgs(s->filling) && !s->flushing)
+		next = earliest(next, s->filling->first_ms + s->cfg->linger_ms);
+	if (s->phase == SHARD_DRAIN)
+		next = earliest(next, s->drain_deadline_ms);
+	if (s->pg_link == PGL_DOWN)
+		next = earliest(next, s->pg_bo.retry_ms);
+	if (s->pg_link == PGL_CONNECTING)
+		next = earliest(next, s->pg_deadline_ms);
+	next = earliest(next, s->next_depth_ms);
 	int64_t t = next - s->now_ms;
 	return t < 0 ? 0 : t > 1000 ? 1000 : (int)t;
 }
@@ -280,7 +863,13 @@ static void shard_timers(struct shard *s)
 		shard_fail(s);
 		return;
 	}
-	if (s->now_ms < s->next_depth_ms || s->mq.state != MQ_CONSUMING)
+	if (s->pg_link == PGL_CONNECTING && s->now_ms >= s->pg_deadline_ms) {
+		char why[64];
+		snprintf(why, sizeof(why), "no answer to connecting in %d s",
+			 PG_CONNECT_TIMEOUT_MS / 1000);
+		pg_lost(s, why);
+	}
+	if (s->now_ms < s->next_depth_ms || !mq_up(s) || s->mq.state != MQ_CONSUMING)
 		return;
 	bool quiet = s->now_ms - s->last_delivery_ms >= SHARD_IDLE_PROBE_MS;
 	if (s->cfg->stats_interval_s > 0 || (s->cfg->until_empty && quiet)) {
@@ -291,38 +880,48 @@ static void shard_timers(struct shard *s)
 							    : SHARD_DEPTH_POLL_MS);
 }
 
+static void shard_pg_ready(struct shard *s)
+{
+	if (s->pg_link == PGL_CONNECTING)
+		pg_connect_step(s);
+	else if (s->job != JOB_NONE)
+		shard_job_done(s, pgc_step(&s->pgc));
+}
+
 static void shard_dispatch(struct shard *s, const struct loop_completion *c)
 {
-	switch ((enum shard_op)c->tag) {
+	enum shard_op op = (enum shard_op)(c->tag & 0xff);
+	uint32_t gen = (uint32_t)(c->tag >> 8);
+	switch (op) {
 	case OP_MQ_RECV:
-		if (!mq_on_recv(&s->mq, c->res, s->now_ms))
-			shard_fail(s);
-		break;
 	case OP_MQ_SEND:
-		if (!mq_on_send(&s->mq, c->res))
-			shard_fail(s);
-		break;
+		if (gen != s->mq_gen || !mq_up(s))
+			return; /* from a connection already dropped */
+		if (op == OP_MQ_RECV ? !mq_on_recv(&s->mq, c->res, s->now_ms)
+				     : !mq_on_send(&s->mq, c->res))
+			mq_lost(s);
+		return;
 	case OP_PG_READABLE:
 	case OP_PG_WRITABLE:
-		if (c->tag == OP_PG_READABLE)
+		if (gen != s->pg_gen)
+			return;
+		if (op == OP_PG_READABLE)
 			s->pg_in_armed = false;
 		else
 			s->pg_out_armed = false;
-		if (s->flushing)
-			shard_pg_progress(s, pgc_step(&s->pgc));
-		break;
+		shard_pg_ready(s);
+		return;
 	case OP_WAKE: {
 		uint64_t v;
 		s->wake_armed = false;
 		if (read(s->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 			log_warn("eventfd read: %s", strerror(errno));
-		break;
+		return;
 	}
-	default:
-		log_error("internal error: completion with unknown tag %llu",
-			  (unsigned long long)c->tag);
-		abort();
 	}
+	log_error("internal error: completion with unknown tag %llu",
+		  (unsigned long long)c->tag);
+	abort();
 }
 
 static void shard_run(struct shard *s)
@@ -381,50 +980,36 @@ static void *shard_main(void *arg)
 			 "allow io_uring_setup, io_uring_enter and io_uring_register in the "
 			 "seccomp profile; on a host, check sysctl kernel.io_uring_disabled",
 			 why);
-	s->pg = pg_connect(s->cfg);
-	if (!s->pg)
-		goto out;
-	if (PQsetnonblocking(s->pg, 1) != 0) {
-		log_error("PostgreSQL: cannot enter non-blocking mode: %s", PQerrorMessage(s->pg));
-		goto out;
-	}
-	pgc_init(&s->pgc, s->pg, s->copy_sql);
-	batch_reset(&s->batch[0]);
-	batch_reset(&s->batch[1]);
-	s->filling = &s->batch[0];
-
-	const struct mq_params p = {
-		.url = &s->cfg->amqp,
-		.queue = s->cfg->queue,
-		.prefetch = (uint16_t)s->cfg->prefetch,
-		.connection_name = s->name,
-		.tag_recv = OP_MQ_RECV,
-		.tag_send = OP_MQ_SEND,
-	};
-	const struct mq_handler h = {
-		.ctx = s,
-		.deliver = on_deliver,
-		.header = on_header,
-		.body = on_body,
-		.message_end = on_message_end,
-		.depth = on_depth,
-	};
-	if (!mq_open(&s->mq, &p, &h))
-		goto out;
 	if (s->id == 0)
 		log_info("I/O backend: %s", s->loop->be->name);
+	if (!dedupe_init(&s->dd, s->cfg)) {
+		log_error("out of memory");
+		goto out;
+	}
+	unsigned seed = (unsigned)clock_wall_us() ^ (unsigned)s->id * 0x9e3779b9u;
+	backoff_init(&s->mq_bo, seed);
+	backoff_init(&s->pg_bo, seed * 31 + 7);
+	s->mq.fd = -1;
+	pgc_init(&s->pgc, NULL);
+	s->filling = &s->batch[0];
 	s->exit_code = 0;
 	shard_run(s);
 	if (s->exit_code == 0)
 		log_debug("closed cleanly");
 out:
-	mq_free(&s->mq);
-	PQfinish(s->pg);
-	s->pg = NULL;
-	buf_free(&s->batch[0].data);
-	buf_free(&s->batch[1].data);
+	if (s->loop && mq_up(s))
+		mq_disconnect(&s->mq, s->loop);
+	if (s->loop)
+		pg_drop(s);
+	/* Buffers go after the loop: the kernel is done with them then. */
 	loop_destroy(s->loop);
 	s->loop = NULL;
+	mq_free(&s->mq);
+	batch_free(&s->batch[0]);
+	batch_free(&s->batch[1]);
+	iso_free(&s->rs.iso);
+	dedupe_free(&s->dd);
+	buf_free(&s->sql);
 	atomic_store(&s->stats.consuming, false);
 	atomic_store(&s->finished, true);
 	/* Wake the main thread, which waits for signals. */
@@ -432,14 +1017,14 @@ out:
 	return NULL;
 }
 
-struct shard *shard_start(int id, const struct config *cfg, const char *copy_sql)
+struct shard *shard_start(int id, const struct config *cfg, const struct sql_plan *plan)
 {
 	struct shard *s = calloc(1, sizeof(*s));
 	if (!s)
 		return NULL;
 	s->id = id;
 	s->cfg = cfg;
-	s->copy_sql = copy_sql;
+	s->plan = plan;
 	s->exit_code = 1; /* until the loop runs */
 	snprintf(s->name, sizeof(s->name), "shard %d", id);
 	atomic_init(&s->stats.ready, -1);

@@ -11,10 +11,12 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "pg/schema.h"
 
 /* Written by the shard, read by the main thread's status line. */
 struct shard_stats {
 	_Atomic uint64_t rows;	  /* committed and acked */
+	_Atomic uint64_t dead;	  /* dead letters committed (or rejects sent) */
 	_Atomic uint64_t batches; /* committed COPYs */
 	_Atomic uint64_t bytes;	  /* COPY bytes committed */
 	_Atomic int64_t ready;	  /* queue's ready count at last poll; -1 unknown */
@@ -23,7 +25,7 @@ struct shard_stats {
 
 struct shard;
 
-struct shard *shard_start(int id, const struct config *cfg, const char *copy_sql);
+struct shard *shard_start(int id, const struct config *cfg, const struct sql_plan *plan);
 /* Ask the shard to cancel its consumer, commit and ack what it holds, and
  * close; safe from any thread. */
 void shard_stop(struct shard *s);

@@ -75,7 +75,7 @@ static void mq_set_state(struct mq *m, enum mq_state to)
 
 static bool mq_fail(struct mq *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Record why the connection is unusable and log it, once. */
+/* Record why the connection is unusable. */
 static bool mq_fail(struct mq *m, const char *fmt, ...)
 {
 	if (m->state == MQ_FAILED)
@@ -84,7 +84,7 @@ static bool mq_fail(struct mq *m, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(m->reason, sizeof(m->reason), fmt, ap);
 	va_end(ap);
-	log_error("RabbitMQ: %s", m->reason);
+	log_debug("RabbitMQ: %s", m->reason); /* the owner decides how loud */
 	mq_set_state(m, MQ_FAILED);
 	return false;
 }
@@ -149,8 +149,12 @@ static int mq_connect_fd(const struct mq_url *u, char *why, size_t whylen)
 
 bool mq_open(struct mq *m, const struct mq_params *p, const struct mq_handler *h)
 {
-	*m = (struct mq){.p = *p, .h = *h, .fd = -1, .state = MQ_CLOSED};
-	m->in = malloc(MQ_IN_SIZE);
+	/* The buffers outlive connections: see mq_disconnect. */
+	*m = (struct mq){.p = *p, .h = *h, .fd = -1, .state = MQ_CLOSED,
+			 .in = m->in ? m->in : malloc(MQ_IN_SIZE), .out = m->out,
+			 .sending = m->sending};
+	buf_reset(&m->out);
+	buf_reset(&m->sending);
 	m->codec = amqp_new_connection();
 	if (!m->in || !m->codec)
 		return mq_fail(m, "out of memory");
@@ -163,6 +167,21 @@ bool mq_open(struct mq *m, const struct mq_params *p, const struct mq_handler *h
 	return true;
 }
 
+void mq_disconnect(struct mq *m, struct loop *l)
+{
+	if (m->fd >= 0) {
+		loop_cancel(l, m->fd);
+		close(m->fd);
+	}
+	if (m->codec)
+		amqp_destroy_connection(m->codec);
+	m->fd = -1;
+	m->codec = NULL;
+	m->recv_armed = false;
+	if (m->state != MQ_FAILED)
+		m->state = MQ_CLOSED;
+}
+
 void mq_free(struct mq *m)
 {
 	if (m->fd >= 0)
@@ -172,9 +191,7 @@ void mq_free(struct mq *m)
 	free(m->in);
 	buf_free(&m->out);
 	buf_free(&m->sending);
-	m->fd = -1;
-	m->codec = NULL;
-	m->in = NULL;
+	*m = (struct mq){.fd = -1};
 }
 
 /* ---- handshake ---------------------------------------------------------- */
@@ -351,8 +368,15 @@ static const char *mq_close_hint(uint16_t code)
 	}
 }
 
+/* Closes that no reconnect can cure: a setting is wrong. */
+static bool mq_close_is_config(uint16_t code)
+{
+	return code == AMQP_ACCESS_REFUSED || code == AMQP_NOT_FOUND || code == AMQP_NOT_ALLOWED;
+}
+
 static bool mq_on_connection_close(struct mq *m, const amqp_connection_close_t *c)
 {
+	m->config_error = mq_close_is_config(c->reply_code);
 	amqp_connection_close_ok_t ok = {0};
 	mq_send_method(m, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
 	return mq_fail(m, "broker closed the connection: %d %.*s%s", c->reply_code,
@@ -362,6 +386,7 @@ static bool mq_on_connection_close(struct mq *m, const amqp_connection_close_t *
 
 static bool mq_on_channel_close(struct mq *m, const amqp_channel_close_t *c)
 {
+	m->config_error = mq_close_is_config(c->reply_code);
 	amqp_channel_close_ok_t ok = {0};
 	mq_send_method(m, MQ_CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
 	return mq_fail(m, "broker closed the channel: %d %.*s%s", c->reply_code,
@@ -619,6 +644,12 @@ void mq_ack(struct mq *m, uint64_t delivery_tag)
 {
 	amqp_basic_ack_t ack = {.delivery_tag = delivery_tag, .multiple = 1};
 	mq_send_method(m, MQ_CHANNEL, AMQP_BASIC_ACK_METHOD, &ack);
+}
+
+void mq_reject(struct mq *m, uint64_t delivery_tag)
+{
+	amqp_basic_reject_t r = {.delivery_tag = delivery_tag, .requeue = 0};
+	mq_send_method(m, MQ_CHANNEL, AMQP_BASIC_REJECT_METHOD, &r);
 }
 
 void mq_cancel(struct mq *m)

@@ -69,13 +69,19 @@ struct mq {
 	enum { MQ_CONTENT_NONE, MQ_CONTENT_HEADER, MQ_CONTENT_BODY } content;
 	bool depth_pending;
 	char reason[512];	 /* why the connection failed or closed */
+	bool config_error;	 /* the broker refused a setting (403, 404, 530) */
 	uint64_t transitions;
 };
 
 /* Connect the TCP socket (blocking, bounded by a timeout) and queue the
- * protocol header. Returns false with mq->reason set. */
+ * protocol header. Returns false with mq->reason set. m must be zeroed or
+ * have been opened before (its buffers are reused). */
 bool mq_open(struct mq *m, const struct mq_params *p, const struct mq_handler *h)
 	__attribute__((warn_unused_result));
+/* Drop the connection: withdraw its operations from the loop and close the
+ * socket. The buffers stay (a cancelled operation may still be finishing
+ * with them) until mq_free, after the loop is gone. */
+void mq_disconnect(struct mq *m, struct loop *l);
 void mq_free(struct mq *m);
 
 /* Hand queued frames to the kernel and keep a receive armed. */
@@ -92,6 +98,9 @@ int64_t mq_tick(struct mq *m, int64_t now_ms);
 bool mq_input(struct mq *m, const uint8_t *p, size_t n) __attribute__((warn_unused_result));
 
 void mq_ack(struct mq *m, uint64_t delivery_tag);
+/* basic.reject without requeue: to the queue's dead-letter exchange, if it
+ * has one (RabbitMQ drops the message otherwise). */
+void mq_reject(struct mq *m, uint64_t delivery_tag);
 void mq_cancel(struct mq *m);
 void mq_close(struct mq *m, const char *why);
 /* Ask for the queue's ready count (passive queue.declare); answered via

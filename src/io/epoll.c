@@ -101,6 +101,22 @@ static int ep_poll(struct loop *l, int fd, unsigned events, uint64_t tag)
 	return ep_add(l, (struct ep_op){.kind = EP_POLL, .fd = fd, .events = events, .tag = tag});
 }
 
+static void ep_cancel(struct loop *l, int fd)
+{
+	struct epoll_loop *e = (struct epoll_loop *)l;
+	bool had = false;
+	for (int i = 0; i < e->nops;) {
+		if (e->ops[i].fd == fd) {
+			e->ops[i] = e->ops[--e->nops];
+			had = true;
+		} else {
+			i++;
+		}
+	}
+	if (had)
+		ep_sync_fd(e, fd, true); /* no operations left: EPOLL_CTL_DEL */
+}
+
 /* Run op now that its fd reported `revents`; returns false if it would
  * still block (it stays pending). */
 static bool ep_run(const struct ep_op *op, unsigned revents, int *res)
@@ -169,6 +185,7 @@ static const struct loop_backend epoll_backend = {
 	.recv = ep_recv,
 	.send = ep_send,
 	.poll = ep_poll,
+	.cancel = ep_cancel,
 	.wait = ep_wait,
 	.destroy = ep_destroy,
 };

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Tag 0 is the loop's own (a cancel's completion); callers use others. */
 struct loop_completion {
 	uint64_t tag;
 	int res; /* bytes, poll revents, or -errno */
@@ -22,6 +23,10 @@ struct loop_backend {
 	int (*send)(struct loop *l, int fd, const void *buf, size_t len, uint64_t tag);
 	/* One-shot readiness poll; completes with the revents mask. */
 	int (*poll)(struct loop *l, int fd, unsigned events, uint64_t tag);
+	/* Withdraw every operation on fd; call it before closing fd. Their
+	 * completions may still arrive (io_uring: -ECANCELED), so owners tell
+	 * stale tags apart (shard.c puts a connection generation in them). */
+	void (*cancel)(struct loop *l, int fd);
 	/* Submit what is queued, then wait up to timeout_ms (-1: forever) for
 	 * at least one completion; returns how many were stored, or -errno. */
 	int (*wait)(struct loop *l, struct loop_completion *out, int max, int timeout_ms);
@@ -55,6 +60,8 @@ static inline int loop_poll(struct loop *l, int fd, unsigned events, uint64_t ta
 {
 	return l->be->poll(l, fd, events, tag);
 }
+
+static inline void loop_cancel(struct loop *l, int fd) { l->be->cancel(l, fd); }
 
 static inline int loop_wait(struct loop *l, struct loop_completion *out, int max,
 			    int timeout_ms)

@@ -57,6 +57,20 @@ static int uring_poll(struct loop *l, int fd, unsigned events, uint64_t tag)
 	return 0;
 }
 
+static void uring_cancel(struct loop *l, int fd)
+{
+	struct uring_loop *u = (struct uring_loop *)l;
+	struct io_uring_sqe *sqe = uring_sqe(u);
+	if (!sqe)
+		return;
+	io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+	io_uring_sqe_set_data64(sqe, 0);
+	/* Submit now, while fd still names the file: once the caller closes
+	 * it, the kernel could not find the operations by fd, and a pending
+	 * poll or recv would keep the socket open. */
+	io_uring_submit(&u->ring);
+}
+
 static int uring_wait(struct loop *l, struct loop_completion *out, int max, int timeout_ms)
 {
 	struct uring_loop *u = (struct uring_loop *)l;
@@ -70,16 +84,19 @@ static int uring_wait(struct loop *l, struct loop_completion *out, int max, int 
 	if (rc < 0 && rc != -ETIME && rc != -EINTR)
 		return rc;
 
-	unsigned head, n = 0;
+	unsigned head, n = 0, seen = 0;
 	io_uring_for_each_cqe(&u->ring, head, cqe)
 	{
 		if ((int)n == max)
 			break;
+		seen++;
+		if (io_uring_cqe_get_data64(cqe) == 0)
+			continue; /* a cancel's own completion */
 		out[n].tag = io_uring_cqe_get_data64(cqe);
 		out[n].res = cqe->res;
 		n++;
 	}
-	io_uring_cq_advance(&u->ring, n);
+	io_uring_cq_advance(&u->ring, seen);
 	return (int)n;
 }
 
@@ -95,6 +112,7 @@ static const struct loop_backend uring_backend = {
 	.recv = uring_recv,
 	.send = uring_send,
 	.poll = uring_poll,
+	.cancel = uring_cancel,
 	.wait = uring_wait,
 	.destroy = uring_destroy,
 };

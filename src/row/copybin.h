@@ -11,8 +11,24 @@
 /* Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC). */
 #define CBIN_PG_EPOCH_US 946684800000000LL
 
+#define CBIN_HEAD_LEN 19
+#define CBIN_TAIL_LEN 2
+extern const uint8_t cbin_head[CBIN_HEAD_LEN]; /* signature, flags, extension length */
+extern const uint8_t cbin_tail[CBIN_TAIL_LEN]; /* field count -1 */
+
 void cbin_header(struct buf *b);
 void cbin_trailer(struct buf *b);
+
+/* One field of a tuple read back; data is NULL for SQL NULL. */
+struct cbin_field {
+	const uint8_t *data;
+	size_t len;
+};
+
+/* Read the tuple at p[0..n) (as the writers below made it): fills f[0..
+ * *nfields) and returns its length in bytes, or 0 if it is malformed or has
+ * more than max fields. */
+size_t cbin_read_tuple(const uint8_t *p, size_t n, struct cbin_field *f, int max, int *nfields);
 
 static inline void cbin_tuple(struct buf *b, uint16_t nfields) { buf_put_u16(b, nfields); }
 

@@ -6,25 +6,25 @@
 #include "row/copybin.h"
 #include "row/json.h"
 
-const struct env_column env_columns[ENV_NCOLS] = {
-	{"exchange", {"text", "character varying"}},
-	{"routing_key", {"text", "character varying"}},
-	{"message_id", {"text", "character varying"}},
-	{"content_type", {"text", "character varying"}},
-	{"headers", {"jsonb"}},
-	{"published_at", {"timestamp with time zone"}},
-	{"ingested_at", {"timestamp with time zone"}},
-	{"body", {NULL}},
+const struct column_def env_columns[ENV_NCOLS] = {
+	{"exchange", {"text", "character varying"}, NULL},
+	{"routing_key", {"text", "character varying"}, NULL},
+	{"message_id", {"text", "character varying"}, NULL},
+	{"content_type", {"text", "character varying"}, NULL},
+	{"headers", {"jsonb"}, NULL},
+	{"published_at", {"timestamp with time zone"}, NULL},
+	{"ingested_at", {"timestamp with time zone"}, "NOT NULL DEFAULT now()"},
+	{"body", {NULL}, NULL},
 };
 
-const char *env_column_type(int i, enum body_type bt)
-{
-	return env_columns[i].types[0] ? env_columns[i].types[0] : config_body_type_name(bt);
-}
+const struct column_def env_dedupe_column = {
+	"dedupe_key", {"text", "character varying"}, "UNIQUE"};
 
-void env_row_begin(struct buf *b, amqp_bytes_t exchange, amqp_bytes_t routing_key)
+
+void env_row_begin(struct buf *b, uint16_t ncols, amqp_bytes_t exchange,
+		   amqp_bytes_t routing_key)
 {
-	cbin_tuple(b, ENV_NCOLS);
+	cbin_tuple(b, ncols);
 	cbin_bytes(b, exchange.bytes, exchange.len);
 	cbin_bytes(b, routing_key.bytes, routing_key.len);
 }
@@ -38,7 +38,7 @@ static void env_optional_str(struct buf *b, const amqp_basic_properties_t *p,
 		cbin_null(b);
 }
 
-void env_row_props(struct buf *b, const amqp_basic_properties_t *p, uint64_t body_size,
+bool env_row_props(struct buf *b, const amqp_basic_properties_t *p, uint64_t body_size,
 		   enum body_type bt, int64_t now_us)
 {
 	env_optional_str(b, p, AMQP_BASIC_MESSAGE_ID_FLAG, p->message_id);
@@ -62,10 +62,15 @@ void env_row_props(struct buf *b, const amqp_basic_properties_t *p, uint64_t bod
 		cbin_null(b);
 	cbin_timestamptz(b, now_us);
 
+	if (body_size > ENV_BODY_MAX) {
+		cbin_null(b);
+		return false;
+	}
 	if (bt == BODY_JSONB) {
 		buf_put_u32(b, (uint32_t)body_size + 1);
 		buf_put_u8(b, 1);
 	} else {
 		buf_put_u32(b, (uint32_t)body_size);
 	}
+	return true;
 }

@@ -40,7 +40,7 @@ static void on_deliver(void *ctx, const amqp_basic_deliver_t *d)
 	s->have_header = false;
 	s->exchange_len = d->exchange.len;
 	s->routing_key_len = d->routing_key.len;
-	env_row_begin(&s->rows, d->exchange, d->routing_key);
+	env_row_begin(&s->rows, ENV_NCOLS, d->exchange, d->routing_key);
 }
 
 static void on_header(void *ctx, const amqp_basic_properties_t *p, uint64_t body_size)

@@ -86,7 +86,7 @@ static void fuzz_props(const uint8_t *data, size_t size, enum body_type bt, amqp
 	/* A row as a shard writes it: begin, props, then the body bytes. */
 	static const uint8_t body[3] = {'{', '}', 0};
 	struct buf b = {0};
-	env_row_begin(&b, amqp_cstring_bytes("ex"), amqp_empty_bytes);
+	env_row_begin(&b, ENV_NCOLS, amqp_cstring_bytes("ex"), amqp_empty_bytes);
 	env_row_props(&b, p, 2, bt, 1700000000000000);
 	buf_put(&b, body, 2);
 

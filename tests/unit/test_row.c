@@ -78,7 +78,7 @@ static void test_envelope(void)
 		.headers = {.num_entries = 1, .entries = h},
 		.timestamp = 946684801, /* 2000-01-01T00:00:01Z */
 	};
-	env_row_begin(&b, amqp_cstring_bytes("ex"), amqp_cstring_bytes("rk"));
+	env_row_begin(&b, ENV_NCOLS, amqp_cstring_bytes("ex"), amqp_cstring_bytes("rk"));
 	env_row_props(&b, &p, 4, BODY_JSONB, CBIN_PG_EPOCH_US + 7);
 	buf_put(&b, "[1 ]", 4);
 
@@ -99,7 +99,7 @@ static void test_envelope(void)
 	/* No properties at all, bytea body: NULLs and the raw length. */
 	buf_reset(&b);
 	amqp_basic_properties_t none = {0};
-	env_row_begin(&b, amqp_empty_bytes, amqp_cstring_bytes("q"));
+	env_row_begin(&b, ENV_NCOLS, amqp_empty_bytes, amqp_cstring_bytes("q"));
 	env_row_props(&b, &none, 0, BODY_BYTEA, CBIN_PG_EPOCH_US);
 	end = walk(b.data, f, len);
 	CHECK(end == b.data + b.len);
