@@ -120,6 +120,14 @@ static bool schema_create(PGconn *conn, const char *qname, const struct table_sp
 	return true;
 }
 
+/* format_type() spells a type with a modifier as "name(n)": varchar(64)
+ * takes the same binary input as varchar. */
+static bool type_matches(const char *have, const char *want)
+{
+	size_t n = strlen(want);
+	return strncmp(have, want, n) == 0 && (have[n] == '\0' || have[n] == '(');
+}
+
 /* Compare the table's columns with ours; log every problem at once so one
  * run tells the user everything to fix. */
 static bool schema_check(PGresult *cols, const char *qname, const struct table_spec *t,
@@ -142,7 +150,7 @@ static bool schema_check(PGresult *cols, const char *qname, const struct table_s
 		const char *have = PQgetvalue(cols, row, 1);
 		bool accepted = !c->types[0] && strcmp(have, want) == 0;
 		for (int k = 0; k < 3 && c->types[k]; k++)
-			accepted |= strcmp(have, c->types[k]) == 0;
+			accepted |= type_matches(have, c->types[k]);
 		if (!accepted) {
 			log_error("table %s: column %s is %s, expected %s%s", qname, c->name,
 				  have, want, c->types[0] ? "" : " (SLUICE_BODY_TYPE)");
