@@ -17,6 +17,8 @@
 #include <amqp_framing.h>
 
 #include "fuzz_common.h"
+#include "pg/deadletter.h"
+#include "row/copybin.h"
 
 /* Members of the top-level JSON object (valid JSON, checked already). */
 static int json_members(const uint8_t *p, size_t n)
@@ -75,6 +77,30 @@ static void check_str_field(const struct fuzz_field *f, const amqp_basic_propert
 	FUZZ_CHECK(v.len == 0 || memcmp(f->data, v.bytes, v.len) == 0, "%s: bytes differ", name);
 }
 
+/* The dead-letter row of that row: PostgreSQL must accept every text field
+ * (valid UTF-8, no NUL) and the body must be the message's bytes. */
+static void check_dead_letter(const uint8_t *row, size_t n, enum body_type bt)
+{
+	static const int text_cols[] = {0, 1, 2, 3, 4, 8, 9, 10};
+	struct config cfg = {.queue = "q\xff", .table = "t", .body_type = bt};
+	struct buf dl = {0};
+	dl_row(&dl, &cfg, row, n, "22P02", "why \xc3\x00", 0);
+	struct cbin_field f[DL_NCOLS];
+	int nf = 0;
+	FUZZ_CHECK(cbin_read_tuple(dl.data, dl.len, f, DL_NCOLS, &nf) == dl.len && nf == DL_NCOLS,
+		   "dead-letter row is not one tuple of %d fields", DL_NCOLS);
+	for (size_t i = 0; i < sizeof(text_cols) / sizeof(text_cols[0]); i++) {
+		const struct cbin_field *t = &f[text_cols[i]];
+		if (!t->data)
+			continue;
+		FUZZ_CHECK(json_utf8_valid_prefix(t->data, t->len) == t->len &&
+				   !memchr(t->data, 0, t->len),
+			   "dead-letter text field %d is not valid UTF-8 without NUL", text_cols[i]);
+	}
+	FUZZ_CHECK(f[7].len == 2 && memcmp(f[7].data, "{}", 2) == 0, "dead-letter body differs");
+	buf_free(&dl);
+}
+
 static void fuzz_props(const uint8_t *data, size_t size, enum body_type bt, amqp_pool_t *pool)
 {
 	amqp_bytes_t in = {.len = size, .bytes = (void *)data};
@@ -103,6 +129,7 @@ static void fuzz_props(const uint8_t *data, size_t size, enum body_type bt, amqp
 	if ((p->_flags & AMQP_BASIC_TIMESTAMP_FLAG) && p->timestamp < (1ull << 40))
 		FUZZ_CHECK(f[5].len == 8, "a plausible timestamp stored as NULL");
 	FUZZ_CHECK(f[7].len == 2 + (bt == BODY_JSONB), "body length word");
+	check_dead_letter(b.data, b.len, bt);
 	buf_free(&b);
 }
 
