@@ -25,13 +25,12 @@
 
 #include "amqp/conn.h"
 #include "backoff.h"
+#include "batch.h"
 #include "clock.h"
 #include "io/loop.h"
 #include "log.h"
 #include "pg/connect.h"
-#include "pg/copy.h"
-#include "pg/deadletter.h"
-#include "pg/isolate.h"
+#include "pg/load.h"
 #include "row/copybin.h"
 #include "row/dedupe.h"
 #include "row/envelope.h"
@@ -61,41 +60,9 @@ enum pg_link {
 	PGL_READY,
 };
 
-/* What the job in flight is. */
-enum job_kind { JOB_NONE, JOB_SETUP, JOB_LOAD, JOB_PIECE, JOB_FINAL };
-
 #define SHARD_DEPTH_POLL_MS 1000
 /* --until-empty: quiet this long before asking whether the queue is empty. */
 #define SHARD_IDLE_PROBE_MS 200
-#define SAVEPOINT "SAVEPOINT sluice_piece"
-
-/* Rows waiting for, or in, one COPY, and the messages of the batch that
- * became dead letters before reaching PostgreSQL. */
-struct batch {
-	struct buf data;    /* envelope tuples, back to back */
-	struct row_ref {
-		size_t at;	   /* offset of the tuple in data */
-		uint64_t tag;	   /* its delivery tag */
-	} *rows;
-	uint32_t nrows, cap;
-	struct buf dead;    /* dead-letter tuples (--dead-letter table) */
-	uint64_t *dead_tags;
-	uint32_t ndead, dead_cap;
-	uint64_t last_tag;  /* of the batch's last message, acked with multiple */
-	int64_t first_ms;   /* monotonic ms when the first message arrived */
-	bool orphan;	    /* its channel is gone: never ack, never retry */
-};
-
-/* Isolating the bad rows of the flushing batch. */
-struct resolve {
-	bool active;
-	struct isolate iso;
-	struct iso_range piece; /* in flight */
-	bool begun;		/* BEGIN sent: the pieces run in one transaction */
-	bool last_failed;	/* the previous piece failed: roll back to the savepoint */
-	size_t dead_len0;	/* the batch's dead letters before isolation */
-	uint32_t ndead0;
-};
 
 struct shard {
 	int id;
@@ -121,15 +88,12 @@ struct shard {
 	struct backoff pg_bo;
 	PostgresPollingStatusType pg_polling;
 	int64_t pg_deadline_ms; /* connection attempt */
-	struct pgc pgc;
-	enum job_kind job;
-	struct buf sql; /* the text of a composed job */
+	struct loader ld;
 	bool pg_in_armed, pg_out_armed, wake_armed;
 
 	struct batch batch[2];
 	struct batch *filling;
 	struct batch *flushing; /* handed to PostgreSQL, or waiting for it */
-	struct resolve rs;
 	struct dedupe dd;
 	bool in_row;	  /* a message's row is partly written */
 	bool row_skip;	  /* its body is too large to keep */
@@ -145,65 +109,6 @@ struct shard {
 	uint64_t deliveries_at_probe; /* --until-empty: deliveries seen when asked */
 	uint64_t deliveries;
 };
-
-/* ---- batches -------------------------------------------------------------- */
-
-static void batch_reset(struct batch *b)
-{
-	buf_reset(&b->data);
-	buf_reset(&b->dead);
-	b->nrows = b->ndead = 0;
-	b->last_tag = 0;
-	b->orphan = false;
-}
-
-static void batch_free(struct batch *b)
-{
-	buf_free(&b->data);
-	buf_free(&b->dead);
-	free(b->rows);
-	free(b->dead_tags);
-}
-
-static uint32_t batch_msgs(const struct batch *b) { return b->nrows + b->ndead; }
-
-/* Grow an array of n elements of size sz to hold one more. */
-static void *grow(void *p, uint32_t n, uint32_t *cap, size_t sz)
-{
-	if (n < *cap)
-		return p;
-	uint32_t c = *cap ? *cap * 2 : 256;
-	p = realloc(p, c * sz);
-	if (!p)
-		abort(); /* as buf.c */
-	*cap = c;
-	return p;
-}
-
-static void batch_add_row(struct batch *b, size_t at, uint64_t tag)
-{
-	b->rows = grow(b->rows, b->nrows, &b->cap, sizeof(*b->rows));
-	b->rows[b->nrows++] = (struct row_ref){at, tag};
-}
-
-static size_t batch_row_end(const struct batch *b, uint32_t i)
-{
-	return i + 1 < b->nrows ? b->rows[i + 1].at : b->data.len;
-}
-
-/* The message with delivery tag `tag` and envelope tuple row[0..n) is a
- * dead letter: a dead-letter row, or (--dead-letter reject) a reject. */
-static void batch_add_dead(struct shard *s, struct batch *b, uint64_t tag, const uint8_t *row,
-			   size_t n, const char *sqlstate, const char *error)
-{
-	b->dead_tags = grow(b->dead_tags, b->ndead, &b->dead_cap, sizeof(*b->dead_tags));
-	b->dead_tags[b->ndead++] = tag;
-	if (s->cfg->dead_letter == DEAD_LETTER_TABLE)
-		dl_row(&b->dead, s->cfg, row, n, sqlstate, error, clock_wall_us());
-	else
-		log_warn("rejecting delivery %llu to the queue's dead-letter exchange: %s "
-			 "(SQLSTATE %s)", (unsigned long long)tag, error, sqlstate);
-}
 
 /* ---- deliveries -> rows (mq_handler) ------------------------------------ */
 
@@ -259,7 +164,7 @@ static void on_message_end(void *ctx)
 		/* Rejected before PostgreSQL: the row leaves the batch. */
 		if (s->cfg->dedupe != DEDUPE_NONE)
 			cbin_null(&b->data); /* complete the tuple for dl_row */
-		batch_add_dead(s, b, s->row_tag, b->data.data + s->row_at,
+		batch_add_dead(b, s->cfg, s->row_tag, b->data.data + s->row_at,
 			       b->data.len - s->row_at, state, why);
 		b->data.len = s->row_at;
 	} else {
@@ -328,8 +233,7 @@ static void pg_drop(struct shard *s)
 	s->pg_link = PGL_DOWN;
 	s->pg_gen++;
 	s->pg_in_armed = s->pg_out_armed = false;
-	s->job = JOB_NONE;
-	pgc_init(&s->pgc, NULL);
+	load_attach(&s->ld, NULL);
 }
 
 /* The connection is lost or unusable for a transient reason: the batch
@@ -338,11 +242,6 @@ static void pg_drop(struct shard *s)
 static void pg_lost(struct shard *s, const char *why)
 {
 	pg_drop(s);
-	if (s->rs.active) { /* its transaction is gone: isolate again */
-		s->flushing->dead.len = s->rs.dead_len0;
-		s->flushing->ndead = s->rs.ndead0;
-		s->rs.active = false;
-	}
 	link_retry(s, &s->pg_bo, "PostgreSQL", why);
 }
 
@@ -372,7 +271,7 @@ static void pg_connect_begin(struct shard *s)
 	s->pg_deadline_ms = s->now_ms + PG_CONNECT_TIMEOUT_MS;
 }
 
-static void shard_start_job(struct shard *s, enum job_kind kind, const struct pgc_job *job);
+static void shard_load_done(struct shard *s, enum load_result r);
 
 static void pg_connected(struct shard *s)
 {
@@ -381,183 +280,25 @@ static void pg_connected(struct shard *s)
 		pg_lost(s, "cannot enter non-blocking mode");
 		return;
 	}
-	pgc_init(&s->pgc, s->pg);
-	if (s->plan->setup) {
-		s->pg_link = PGL_SETUP;
-		shard_start_job(s, JOB_SETUP, &(struct pgc_job){.sql = s->plan->setup});
-	} else {
-		s->pg_link = PGL_READY;
-		link_up(s, &s->pg_bo, "PostgreSQL");
-	}
+	load_attach(&s->ld, s->pg);
+	s->pg_link = PGL_SETUP;
+	shard_load_done(s, load_setup(&s->ld));
 }
 
 static void pg_connect_step(struct shard *s)
 {
 	s->pg_polling = PQconnectPoll(s->pg);
-	if (s->pg_polling == PGRES_POLLING_OK) {
+	if (s->pg_polling == PGRES_POLLING_OK)
 		pg_connected(s);
-		return;
-	}
-	if (s->pg_polling == PGRES_POLLING_FAILED)
+	else if (s->pg_polling == PGRES_POLLING_FAILED)
 		pg_connect_failed(s);
 }
 
-/* ---- COPY jobs ------------------------------------------------------------- */
-
-static void shard_job_done(struct shard *s, enum pgc_progress r);
-static void shard_committed(struct shard *s);
-
-static void shard_start_job(struct shard *s, enum job_kind kind, const struct pgc_job *job)
-{
-	s->job = kind;
-	shard_job_done(s, pgc_start(&s->pgc, job));
-}
-
-static struct pgc_rows batch_rows(const struct batch *b, uint32_t lo, uint32_t hi)
-{
-	size_t from = b->rows[lo].at, to = batch_row_end(b, hi - 1);
-	return (struct pgc_rows){b->data.data + from, to - from};
-}
-
-static struct pgc_rows batch_dead_rows(const struct batch *b)
-{
-	return (struct pgc_rows){b->dead.data, b->dead.len};
-}
-
-static bool shard_writes_dead(const struct shard *s, const struct batch *b)
-{
-	return s->cfg->dead_letter == DEAD_LETTER_TABLE && b->ndead > 0;
-}
-
-/* The flushing batch's first attempt: its rows and its dead letters in one
- * implicit transaction (several statements in one query string). */
-static void shard_load(struct shard *s)
-{
-	struct batch *b = s->flushing;
-	struct pgc_job job = {0};
-	buf_reset(&s->sql);
-	if (b->nrows) {
-		buf_put_str(&s->sql, s->plan->load);
-		job.copy[job.ncopy++] = batch_rows(b, 0, b->nrows);
-	}
-	if (shard_writes_dead(s, b)) {
-		buf_put_str(&s->sql, s->sql.len ? "; " : "");
-		buf_put_str(&s->sql, s->plan->dead);
-		job.copy[job.ncopy++] = batch_dead_rows(b);
-	}
-	buf_put_u8(&s->sql, 0);
-	job.sql = (const char *)s->sql.data;
-	shard_start_job(s, JOB_LOAD, &job);
-}
-
-/* Isolation runs in one explicit transaction: each piece behind a
- * savepoint, rolled back to when the piece fails; the last job writes the
- * dead letters and commits. Nothing of the batch commits before all of it
- * is settled, so a crash midway leaves no partial batch behind. */
-static void shard_piece_prefix(struct shard *s)
-{
-	buf_reset(&s->sql);
-	if (!s->rs.begun)
-		buf_put_str(&s->sql, "BEGIN; " SAVEPOINT "; ");
-	else if (s->rs.last_failed)
-		buf_put_str(&s->sql, "ROLLBACK TO " SAVEPOINT "; ");
-	else
-		buf_put_str(&s->sql, "RELEASE " SAVEPOINT "; " SAVEPOINT "; ");
-}
-
-static void shard_resolve_next(struct shard *s)
-{
-	struct batch *b = s->flushing;
-	struct pgc_job job = {0};
-	if (iso_next(&s->rs.iso, &s->rs.piece)) {
-		shard_piece_prefix(s);
-		s->rs.begun = true;
-		buf_put_str(&s->sql, s->plan->load);
-		if (s->plan->piece_end) {
-			buf_put_str(&s->sql, "; ");
-			buf_put_str(&s->sql, s->plan->piece_end);
-		}
-		buf_put_u8(&s->sql, 0);
-		job.sql = (const char *)s->sql.data;
-		job.copy[job.ncopy++] = batch_rows(b, s->rs.piece.lo, s->rs.piece.hi);
-		shard_start_job(s, JOB_PIECE, &job);
-		return;
-	}
-	/* The closing job. Without a piece run (a batch of one row) there is
-	 * no transaction block: the dead letters go in an implicit one. */
-	buf_reset(&s->sql);
-	if (s->rs.last_failed)
-		buf_put_str(&s->sql, "ROLLBACK TO " SAVEPOINT "; ");
-	if (shard_writes_dead(s, b)) {
-		buf_put_str(&s->sql, s->plan->dead);
-		job.copy[job.ncopy++] = batch_dead_rows(b);
-	}
-	if (s->rs.begun)
-		buf_put_str(&s->sql, job.ncopy ? "; COMMIT" : "COMMIT");
-	if (s->sql.len == 0) { /* rejects only: nothing to write */
-		shard_committed(s);
-		return;
-	}
-	buf_put_u8(&s->sql, 0);
-	job.sql = (const char *)s->sql.data;
-	shard_start_job(s, JOB_FINAL, &job);
-}
-
-static void shard_resolve_begin(struct shard *s)
-{
-	struct batch *b = s->flushing;
-	s->rs.active = true;
-	s->rs.begun = false;
-	s->rs.last_failed = false;
-	s->rs.dead_len0 = b->dead.len;
-	s->rs.ndead0 = b->ndead;
-	iso_reset(&s->rs.iso);
-	log_warn("PostgreSQL rejected a batch of %u rows: %s (SQLSTATE %s); isolating the "
-		 "rows at fault", b->nrows, s->pgc.error, s->pgc.sqlstate);
-	struct iso_range all = {0, b->nrows};
-	long line = s->pgc.failed_in_copy == 1 ? s->pgc.line : 0;
-	if (iso_split(&s->rs.iso, all, line))
-		batch_add_dead(s, b, b->rows[0].tag, b->data.data, b->data.len,
-			       s->pgc.sqlstate, s->pgc.error);
-	shard_resolve_next(s);
-}
-
-/* A piece failed for its data: a single row is a culprit, else split. */
-static void shard_piece_failed(struct shard *s)
-{
-	struct batch *b = s->flushing;
-	struct iso_range r = s->rs.piece;
-	s->rs.last_failed = true;
-	if (iso_split(&s->rs.iso, r, s->pgc.line)) {
-		size_t at = b->rows[r.lo].at;
-		batch_add_dead(s, b, b->rows[r.lo].tag, b->data.data + at,
-			       batch_row_end(b, r.lo) - at, s->pgc.sqlstate, s->pgc.error);
-	}
-	shard_resolve_next(s);
-}
-
-/* The highest tag of the batch that is not rejected: basic.ack needs a tag
- * still outstanding, even with multiple set. 0 if there is none. */
-static uint64_t batch_ack_tag(const struct batch *b)
-{
-	for (uint32_t i = b->nrows; i-- > 0;) {
-		bool rejected = false;
-		for (uint32_t k = 0; k < b->ndead && !rejected; k++)
-			rejected = b->dead_tags[k] == b->rows[i].tag;
-		if (!rejected)
-			return b->rows[i].tag;
-	}
-	return 0;
-}
+/* ---- loading batches ------------------------------------------------------- */
 
 static void shard_committed(struct shard *s)
 {
 	struct batch *b = s->flushing;
-	uint32_t loaded = b->nrows - (s->rs.active ? b->ndead - s->rs.ndead0 : 0);
-	if (s->rs.active)
-		log_warn("batch settled: %u rows loaded, %u dead-lettered%s", loaded,
-			 b->ndead - s->rs.ndead0,
-			 s->cfg->dead_letter == DEAD_LETTER_TABLE ? "" : " (rejected)");
 	if (s->cfg->dead_letter == DEAD_LETTER_REJECT) {
 		for (uint32_t k = 0; k < b->ndead; k++)
 			mq_reject(&s->mq, b->dead_tags[k]);
@@ -567,91 +308,51 @@ static void shard_committed(struct shard *s)
 	} else {
 		mq_ack(&s->mq, b->last_tag);
 	}
+	uint32_t loaded = load_loaded(&s->ld);
 	atomic_fetch_add_explicit(&s->stats.rows, loaded, memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->stats.dead, b->ndead, memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->stats.batches, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->stats.bytes, b->data.len, memory_order_relaxed);
 	log_debug("committed %u rows, acked up to tag %llu", loaded,
 		  (unsigned long long)b->last_tag);
-	s->rs.active = false;
 	batch_reset(b);
 	s->flushing = NULL;
 }
 
-static void shard_job_failed(struct shard *s, enum job_kind kind)
+/* The flushing batch's channel is gone: whatever its load did, the broker
+ * delivers its messages again. An isolation's open transaction is ended by
+ * closing the connection. */
+static void shard_drop_orphan(struct shard *s)
 {
-	struct pgc *c = &s->pgc;
-	enum pg_class cls = c->state == PGC_BROKEN ? PG_TRANSIENT : pg_classify(c->sqlstate);
-	char why[600];
-	snprintf(why, sizeof(why), "%s (SQLSTATE %s)", c->error, c->sqlstate);
-
-	if (cls == PG_TRANSIENT) {
-		pg_lost(s, why);
-		return;
-	}
-	/* Per-row errors in the dead letters, or at COMMIT (a deferred
-	 * constraint), cannot be isolated: stop rather than loop. */
-	bool dead_failed = kind == JOB_FINAL ||
-			   (kind == JOB_LOAD && c->failed_in_copy == 2) ||
-			   (kind == JOB_LOAD && s->flushing->nrows == 0);
-	if (cls == PG_ROW && kind == JOB_LOAD && !dead_failed) {
-		shard_resolve_begin(s);
-		return;
-	}
-	if (cls == PG_ROW && kind == JOB_PIECE) {
-		shard_piece_failed(s);
-		return;
-	}
-	if (dead_failed)
-		log_error("PostgreSQL: cannot write dead letters to %s: %s "
-			  "(SLUICE_DEAD_LETTER_TABLE); stopping, nothing of the batch is acked",
-			  s->cfg->dead_letter_table, why);
-	else if (kind == JOB_SETUP)
-		log_error("PostgreSQL: cannot create the temporary table --dedupe-key needs: %s",
-			  why);
-	else
-		log_error("PostgreSQL: %s: a setting needs fixing (SLUICE_TABLE, POSTGRES_DSN); "
-			  "stopping, the batch stays unacked", why);
-	shard_fail(s);
+	if (load_in_transaction(&s->ld) || s->ld.pgc.state == PGC_BROKEN)
+		pg_drop(s);
+	batch_reset(s->flushing);
+	s->flushing = NULL;
 }
 
-static void shard_job_done(struct shard *s, enum pgc_progress r)
+static void shard_load_done(struct shard *s, enum load_result r)
 {
-	if (r == PGC_PENDING)
+	char why[600];
+	switch (r) {
+	case LOAD_PENDING:
 		return;
-	enum job_kind kind = s->job;
-	s->job = JOB_NONE;
-
-	if (kind == JOB_SETUP) {
-		if (r == PGC_OK) {
-			s->pg_link = PGL_READY;
-			link_up(s, &s->pg_bo, "PostgreSQL");
-		} else {
-			shard_job_failed(s, kind);
-		}
+	case LOAD_RETRY:
+		pg_lost(s, load_error(&s->ld, why, sizeof(why)));
 		return;
+	case LOAD_FATAL:
+		shard_fail(s);
+		return;
+	case LOAD_DONE:
+		break;
 	}
-	if (s->flushing->orphan) {
-		/* Its channel is gone: whatever happened, it is redelivered.
-		 * An abandoned COPY leaves the transaction aborted; a broken
-		 * connection must be replaced. */
-		if (s->pgc.state == PGC_BROKEN || s->rs.active)
-			pg_drop(s);
-		s->rs.active = false;
-		batch_reset(s->flushing);
-		s->flushing = NULL;
-		return;
+	if (s->pg_link == PGL_SETUP) {
+		s->pg_link = PGL_READY;
+		link_up(s, &s->pg_bo, "PostgreSQL");
+	} else if (s->flushing->orphan) {
+		shard_drop_orphan(s);
+	} else {
+		shard_committed(s);
 	}
-	if (r == PGC_FAILED) {
-		shard_job_failed(s, kind);
-		return;
-	}
-	if (kind == JOB_PIECE) {
-		s->rs.last_failed = false;
-		shard_resolve_next(s);
-		return;
-	}
-	shard_committed(s);
 }
 
 static bool batch_due(const struct shard *s, const struct batch *b)
@@ -668,20 +369,12 @@ static void shard_maybe_flush(struct shard *s)
 		s->flushing = b;
 		s->filling = b == &s->batch[0] ? &s->batch[1] : &s->batch[0];
 	}
-	if (!s->flushing || s->job != JOB_NONE)
+	if (!s->flushing || load_busy(&s->ld))
 		return;
-	if (s->flushing->orphan) {
-		batch_reset(s->flushing);
-		s->flushing = NULL;
-		return;
-	}
-	if (s->pg_link != PGL_READY)
-		return;
-	if (s->flushing->nrows == 0 && !shard_writes_dead(s, s->flushing)) {
-		shard_committed(s); /* only rejects to send */
-		return;
-	}
-	shard_load(s);
+	if (s->flushing->orphan)
+		shard_drop_orphan(s);
+	else if (s->pg_link == PGL_READY)
+		shard_load_done(s, load_start(&s->ld, s->flushing));
 }
 
 /* ---- RabbitMQ ------------------------------------------------------------- */
@@ -727,8 +420,8 @@ static void mq_lost(struct shard *s)
 	s->in_row = false;
 	if (s->flushing) {
 		s->flushing->orphan = true;
-		if (s->job == JOB_LOAD || s->job == JOB_PIECE)
-			pgc_abort(&s->pgc); /* if its data is still going out, nothing commits */
+		if (load_busy(&s->ld))
+			load_abandon(&s->ld); /* if its data is still going out, nothing commits */
 	}
 	if (config) {
 		log_error("RabbitMQ: %s", why);
@@ -814,7 +507,7 @@ static bool shard_before_sleep(struct shard *s)
 	if (s->pg_link == PGL_CONNECTING)
 		want = s->pg_polling == PGRES_POLLING_READING ? POLLIN : POLLOUT;
 	else if (s->pg_link != PGL_DOWN)
-		want = s->pgc.want;
+		want = load_want(&s->ld);
 	int fd = s->pg ? PQsocket(s->pg) : -1;
 	if (rc == 0 && fd >= 0 && (want & POLLIN) && !s->pg_in_armed) {
 		rc = loop_poll(s->loop, fd, POLLIN, TAG(OP_PG_READABLE, s->pg_gen));
@@ -884,8 +577,8 @@ static void shard_pg_ready(struct shard *s)
 {
 	if (s->pg_link == PGL_CONNECTING)
 		pg_connect_step(s);
-	else if (s->job != JOB_NONE)
-		shard_job_done(s, pgc_step(&s->pgc));
+	else if (load_busy(&s->ld))
+		shard_load_done(s, load_step(&s->ld));
 }
 
 static void shard_dispatch(struct shard *s, const struct loop_completion *c)
@@ -990,7 +683,7 @@ static void *shard_main(void *arg)
 	backoff_init(&s->mq_bo, seed);
 	backoff_init(&s->pg_bo, seed * 31 + 7);
 	s->mq.fd = -1;
-	pgc_init(&s->pgc, NULL);
+	load_init(&s->ld, s->cfg, s->plan);
 	s->filling = &s->batch[0];
 	s->exit_code = 0;
 	shard_run(s);
@@ -1007,9 +700,8 @@ out:
 	mq_free(&s->mq);
 	batch_free(&s->batch[0]);
 	batch_free(&s->batch[1]);
-	iso_free(&s->rs.iso);
+	load_free(&s->ld);
 	dedupe_free(&s->dd);
-	buf_free(&s->sql);
 	atomic_store(&s->stats.consuming, false);
 	atomic_store(&s->finished, true);
 	/* Wake the main thread, which waits for signals. */
