@@ -54,6 +54,7 @@ enum {
 	LG_OPT_PERSISTENT,
 	LG_OPT_TRANSIENT,
 	LG_OPT_TIMESTAMP_US,
+	LG_OPT_POISON_EVERY,
 	LG_OPT_JSON,
 	LG_OPT_HELP,
 	LG_OPT_VERSION,
@@ -75,6 +76,7 @@ static const struct option lg_options[] = {
 	{ "persistent", no_argument, NULL, LG_OPT_PERSISTENT },
 	{ "transient", no_argument, NULL, LG_OPT_TRANSIENT },
 	{ "timestamp-us", no_argument, NULL, LG_OPT_TIMESTAMP_US },
+	{ "poison-every", required_argument, NULL, LG_OPT_POISON_EVERY },
 	{ "json", no_argument, NULL, LG_OPT_JSON },
 	{ "help", no_argument, NULL, LG_OPT_HELP },
 	{ "version", no_argument, NULL, LG_OPT_VERSION },
@@ -118,6 +120,8 @@ static void lg_usage(void)
 	       "  --persistent          delivery_mode 2 (default)\n"
 	       "  --transient           delivery_mode 1\n"
 	       "  --timestamp-us        add header x-publish-us (µs since the epoch)\n"
+	       "  --poison-every N      json: every Nth body (seq %% N == N-1) is cut\n"
+	       "                        short, invalid JSON; 0 = none [0]\n"
 	       "  --json                print the summary as one JSON object\n"
 	       "  --help                show this help and exit\n"
 	       "  --version             show the version and exit\n"
@@ -289,6 +293,9 @@ static void lg_apply_option(struct lg_config *cfg, int opt, const char *arg)
 		break;
 	case LG_OPT_TIMESTAMP_US:
 		cfg->timestamp_us = true;
+		break;
+	case LG_OPT_POISON_EVERY:
+		cfg->poison_every = lg_parse_u64("--poison-every", arg, 0, UINT64_MAX);
 		break;
 	case LG_OPT_JSON:
 		cfg->json = true;

@@ -48,6 +48,7 @@ struct lg_config {
 	size_t size;
 	enum lg_shape shape;
 	uint64_t seed;
+	uint64_t poison_every; /* json: every Nth body is invalid; 0 = none */
 	bool persistent;
 	bool timestamp_us;
 	bool json;

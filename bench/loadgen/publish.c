@@ -512,6 +512,9 @@ static int lg_publish_one(struct lg_worker *w, uint64_t k)
 	struct lg_slot *slot = &w->ring[w->next_tag % cfg->confirm_window];
 	size_t len = lg_body_render(&w->body, cfg->shape, cfg->size,
 				    cfg->seed, seq);
+	/* Poison for dead-letter runs: a JSON event without its closing brace. */
+	if (cfg->poison_every && seq % cfg->poison_every == cfg->poison_every - 1 && len > 0)
+		len--;
 	struct timespec now;
 	int rc;
 

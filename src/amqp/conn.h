@@ -58,6 +58,9 @@ struct mq {
 	uint8_t *in;		 /* receive buffer */
 	bool recv_armed;
 	bool recv_paused;	 /* backpressure: owner stops reading */
+	bool busy;		 /* the last receive was large: raise the low-water mark */
+	int lowat;		 /* SO_RCVLOWAT as set; 0 = never set (the kernel's 1) */
+	int64_t lowat_deadline_ms; /* then a receive still pending lowers it */
 	struct buf out;		 /* frames queued, not yet handed to the kernel */
 	struct buf sending;	 /* frames in one send in flight (never realloc'd then) */
 	size_t sending_off;
@@ -89,8 +92,9 @@ int mq_pump(struct mq *m, struct loop *l, int64_t now_ms);
 /* Completions of our receive and send; false when the connection failed. */
 bool mq_on_recv(struct mq *m, int res, int64_t now_ms) __attribute__((warn_unused_result));
 bool mq_on_send(struct mq *m, int res) __attribute__((warn_unused_result));
-/* Heartbeats: send when due, fail when the peer has been silent too long.
- * Returns the next deadline (monotonic ms) or INT64_MAX. */
+/* Heartbeats: send when due, fail when the peer has been silent too long;
+ * and the receive low-water mark's deadline. Returns the next deadline
+ * (monotonic ms) or INT64_MAX. */
 int64_t mq_tick(struct mq *m, int64_t now_ms);
 
 /* Feed received bytes to the codec and dispatch frames (exposed for tests
