@@ -23,7 +23,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 LOADGEN_SRCS := $(wildcard bench/loadgen/*.c)
 
-.PHONY: all deps check demo bench bench-quick static fuzz sanitize image-test servers-start servers-stop clean
+.PHONY: all deps check soak demo bench bench-quick static fuzz sanitize image-test servers-start servers-stop clean
 
 all: $(BUILD)/sluice $(BUILD)/loadgen
 
@@ -55,6 +55,10 @@ check: all $(UNIT_BINS) static
 	@tools/sanitize.sh
 	@tools/servers.sh start
 	@tests/run.sh
+
+# soak: the fault-injection test's long form, SLUICE_SOAK_SECONDS (default 600) of faults on its own servers.
+soak: all
+	@SLUICE_SOAK_SECONDS=$${SLUICE_SOAK_SECONDS:-600} /usr/bin/python3 -u tests/integration/test_faults.py
 
 # libFuzzer targets tests/fuzz/fuzz_*.c (clang, ASan+UBSan) into build/fuzz,
 # 10 minutes each (FUZZ_SECONDS=N to change).

@@ -2,10 +2,18 @@
 # Run a project-local PostgreSQL 15 and RabbitMQ (Debian's binaries) for sluice's
 # tests and benchmarks: data under <repo>/.local/, bound to 127.0.0.1 on their own ports.
 # Usage: tools/servers.sh start|stop|status|env|rabbitmqctl ARGS...
+#        tools/servers.sh kill-rabbitmq | restart-postgres fast|immediate   (fault injection)
+# Env:   SLUICE_LOCAL_DIR (default <repo>/.local), SLUICE_PG_PORT, SLUICE_AMQP_PORT:
+#        another directory and ports run a second, independent pair of servers
+#        (tests/integration/test_faults.py kills and restarts its own that way).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-LOCAL=$REPO/.local
+if [[ -n ${SLUICE_LOCAL_DIR:-} ]]; then
+    LOCAL=$(readlink -m "$SLUICE_LOCAL_DIR")
+else
+    LOCAL=$REPO/.local
+fi
 
 PG_PORT=${SLUICE_PG_PORT:-35432}
 AMQP_PORT=${SLUICE_AMQP_PORT:-35672}
@@ -90,7 +98,10 @@ export_line() {
 
 # Serialise start/stop of concurrent callers (fd 9 is closed for servers).
 take_lock() {
-    [[ -d $LOCAL ]] || mkdir -m 755 "$LOCAL" # traversable even under umask 077
+    if [[ ! -d $LOCAL ]]; then
+        mkdir -p "$(dirname "$LOCAL")"
+        mkdir -m 755 "$LOCAL" # traversable even under umask 077
+    fi
     exec 9>"$LOCAL/.servers.lock"
     flock -w 300 9 || die "timed out waiting for $LOCAL/.servers.lock"
 }
@@ -107,7 +118,9 @@ as_pg() {
 }
 
 pg_relocated_base() {
-    echo "/var/tmp/sluice-pg-$(printf '%s' "$REPO" | sha256sum | cut -c1-10)"
+    local key=$REPO # the default directory keeps the name it always had
+    [[ $LOCAL == "$REPO/.local" ]] || key=$LOCAL
+    echo "/var/tmp/sluice-pg-$(printf '%s' "$key" | sha256sum | cut -c1-10)"
 }
 
 # The server user can't reach .local (e.g. a root-only clone), or the socket
@@ -230,6 +243,18 @@ pg_stop() {
     pg_running || return 0
     as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 -s stop >/dev/null ||
         die "pg_ctl stop failed, see $PG_LOG"
+}
+
+# Fault injection: restart with shutdown mode $1 (fast: sessions are
+# terminated, then a checkpoint; immediate: no checkpoint, crash recovery
+# at start).
+pg_restart() {
+    [[ $1 == fast || $1 == immediate ]] || die "restart-postgres: mode must be fast or immediate"
+    pg_running || die "postgres is not running (tools/servers.sh start)"
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_BASE/postgresql.log" -m "$1" -w \
+        -t "$START_TIMEOUT" -s restart >/dev/null 2>&1 9>&- ||
+        die "pg_ctl restart -m $1 failed, see $PG_LOG"
+    pg_answering || die "postgres restarted but does not answer on 127.0.0.1:$PG_PORT, see $PG_LOG"
 }
 
 # ---------------------------------------------------------------- rabbitmq
@@ -382,6 +407,19 @@ rabbit_stop() {
     rm -f "$EPMD_PIDFILE"
 }
 
+# Fault injection: SIGKILL our node, as a crash would; epmd stays. `start`
+# brings it back (durable queues and persistent messages survive).
+rabbit_kill() {
+    local pid i
+    pid=$(our_pid "$RMQ_PIDFILE") || die "rabbitmq is not running (tools/servers.sh start)"
+    kill -KILL "$pid"
+    for ((i = 0; i < 100; i++)); do
+        alive "$pid" || return 0
+        sleep 0.1
+    done
+    die "rabbitmq (pid $pid) did not exit after SIGKILL"
+}
+
 # ---------------------------------------------------------------- commands
 
 cmd_start() {
@@ -428,7 +466,7 @@ cmd_env() {
 }
 
 usage() {
-    echo "usage: $0 start|stop|status|env|rabbitmqctl ARGS..." >&2
+    echo "usage: $0 start|stop|status|env|rabbitmqctl ARGS...|kill-rabbitmq|restart-postgres fast|immediate" >&2
     exit 2
 }
 
@@ -442,6 +480,15 @@ case $1 in
         shift
         rabbit_running || die "rabbitmq is not running (tools/servers.sh start)"
         rmqctl "$@"
+        ;;
+    kill-rabbitmq)
+        take_lock
+        rabbit_kill
+        ;;
+    restart-postgres)
+        (($# == 2)) || usage
+        take_lock
+        pg_restart "$2"
         ;;
     *) usage ;;
 esac

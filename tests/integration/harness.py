@@ -17,8 +17,14 @@ Everything a test creates (queues, exchanges, tables, sluice processes) is
 registered on the Test and removed when it ends, pass or fail. Checks print
 what they verified; a failed check ends the test (or, inside
 `with t.section(...)`, that section) with a message saying what was expected
-and what was observed, and the test exits 1. sluice's output goes to
-build/test-logs/<test>.sluice-N.log; the last lines are shown on failure.
+and what was observed, and the test exits 1 (t.expect() records the failure
+and goes on). sluice's output goes to build/test-logs/<test>.sluice-N.log;
+the last lines are shown on failure.
+
+Tests run against the shared servers of tests/run.sh; a test that kills or
+restarts servers runs its own pair instead (Servers(dir, ports), then
+t.use_servers()) and puts a Proxy it controls between sluice and a server
+to cut, silence or refuse connections; t.on_cleanup() stops them at the end.
 """
 
 import base64
@@ -29,13 +35,18 @@ import json
 import multiprocessing
 import os
 import secrets
+import selectors
 import shlex
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
+from queue import SimpleQueue
 
 import pika
 import psycopg
@@ -62,24 +73,55 @@ class TestAborted(BaseException):
     """SIGTERM (the runner's timeout): not caught by sections."""
 
 
-def server_env():
-    """RABBITMQ_URL, POSTGRES_DSN, SLUICE_PG_ADMIN_DSN: from the environment
-    (tests/run.sh exports them) or else from `tools/servers.sh env`."""
-    keys = ("RABBITMQ_URL", "POSTGRES_DSN", "SLUICE_PG_ADMIN_DSN")
-    if all(os.environ.get(k) for k in keys):
-        return {k: os.environ[k] for k in keys}
-    out = subprocess.run([str(SERVERS), "env"], check=True, capture_output=True,
-                         text=True).stdout
-    env = {}
-    for line in out.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            k, v = words[1].split("=", 1)
-            env[k] = v
-    return {k: env[k] for k in keys}
+class Servers:
+    """A PostgreSQL and RabbitMQ pair run by tools/servers.sh. Servers() is
+    the shared pair of the test run (tests/run.sh exports its addresses);
+    Servers(dir, pg_port, amqp_port) an independent pair with its data under
+    dir, which a test starts, kills, restarts and stops itself (run()).
+    env: RABBITMQ_URL, POSTGRES_DSN and SLUICE_PG_ADMIN_DSN of the pair."""
+
+    KEYS = ("RABBITMQ_URL", "POSTGRES_DSN", "SLUICE_PG_ADMIN_DSN")
+
+    def __init__(self, local_dir=None, pg_port=None, amqp_port=None):
+        self.vars = {}
+        if local_dir is not None:
+            self.vars = {"SLUICE_LOCAL_DIR": str(local_dir), "SLUICE_PG_PORT": str(pg_port),
+                         "SLUICE_AMQP_PORT": str(amqp_port)}
+        if not self.vars and all(os.environ.get(k) for k in self.KEYS):
+            self.env = {k: os.environ[k] for k in self.KEYS}
+        else:
+            self.env = {k: v for k, v in self._exports().items() if k in self.KEYS}
+
+    def run(self, *args, timeout=300):
+        """tools/servers.sh ARGS for this pair; returns its stdout, raises
+        TestFailure with its stderr if it fails."""
+        env = {**os.environ, **self.vars}
+        if self.vars:  # ports derived from ours, not the shared pair's
+            env.pop("SLUICE_DIST_PORT", None)
+            env.pop("SLUICE_EPMD_PORT", None)
+        r = subprocess.run([str(SERVERS), *args], env=env, capture_output=True, text=True,
+                           timeout=timeout)
+        if r.returncode != 0:
+            raise TestFailure(f"tools/servers.sh {' '.join(args)} exited {r.returncode}: "
+                              f"{r.stderr.strip()[-500:]}")
+        return r.stdout
+
+    def rabbitmqctl(self, *args):
+        return self.run("rabbitmqctl", *args, timeout=60)
+
+    def _exports(self):
+        env = {}
+        for line in self.run("env").splitlines():
+            words = shlex.split(line)
+            if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+                k, v = words[1].split("=", 1)
+                env[k] = v
+        return env
 
 
-ENV = server_env()
+SHARED = Servers()
+ENV = SHARED.env  # the shared pair's addresses
+
 
 
 def md5(b):
@@ -132,21 +174,262 @@ class Msg:
         self.exchange, self.routing_key = exchange, routing_key
 
 
-def amqp_connect():
-    params = pika.URLParameters(ENV["RABBITMQ_URL"])
+def amqp_connect(url=None):
+    params = pika.URLParameters(url or ENV["RABBITMQ_URL"])
     params.heartbeat = 0  # we may sit idle in sluice.wait() for minutes
     params.blocked_connection_timeout = 60
     return pika.BlockingConnection(params)
 
 
-def _publish_worker(queue, make, indices):
-    conn = amqp_connect()
+def _publish_worker(url, queue, make, indices):
+    conn = amqp_connect(url)
     ch = conn.channel()
     for i in indices:
         m = make(i)
         ch.basic_publish(m.exchange, queue if m.routing_key is None else m.routing_key,
                          m.body, m.props)
     conn.close()
+
+
+class _Link:
+    """One proxied connection: socks = [client, upstream]; out[i] holds the
+    bytes still to write to socks[i]; eof[i]: socks[i] sent FIN; shut[i]: we
+    shut down writing on socks[i] (passing on its peer's FIN); mask[i]: the
+    selector events socks[i] is registered for."""
+
+    def __init__(self, client, upstream):
+        self.socks = [client, upstream]
+        self.out = [bytearray(), bytearray()]
+        self.eof = [False, False]
+        self.shut = [False, False]
+        self.mask = [0, 0]
+
+
+class Proxy:
+    """A TCP proxy a test owns: 127.0.0.1:<port> -> target (host, port). One
+    thread runs every socket through a selector, so each control below takes
+    effect at once, on every connection:
+      pause() / resume()  stop / resume reading and writing; the sockets stay
+                          open (both peers hear silence)
+      cut()               reset every current connection (RST to both peers);
+                          new connections are proxied as before
+      down() / up()       close the listening socket (connects are refused) /
+                          listen again on the same port
+    A connection whose target refuses it is reset; a reset or FIN on one side
+    is passed on to the other."""
+
+    CHUNK = 65536
+    HIGH_WATER = 1 << 20  # stop reading a side while this much waits for its peer
+
+    def __init__(self, target):
+        self.target = target
+        self.port = 0
+        self.paused = False
+        self._links = []
+        self._lsock = None
+        self._closed = False
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._calls = SimpleQueue()
+        self._listen()
+        self._thread = threading.Thread(target=self._loop, name=f"proxy-{self.port}",
+                                        daemon=True)
+        self._thread.start()
+
+    # ---- controls (any thread; run on the proxy's thread) -----------------
+
+    def pause(self):
+        self._call(lambda: setattr(self, "paused", True))
+
+    def resume(self):
+        self._call(lambda: setattr(self, "paused", False))
+
+    def cut(self):
+        """Reset every connection; returns how many there were."""
+        def reset_all():
+            links = list(self._links)
+            for link in links:
+                self._drop(link, reset=True)
+            return len(links)
+        return self._call(reset_all)
+
+    def down(self):
+        def unlisten():
+            self._sel.unregister(self._lsock)
+            self._lsock.close()
+            self._lsock = None
+        self._call(unlisten)
+
+    def up(self):
+        self._call(self._listen)
+
+    def connections(self):
+        return self._call(lambda: len(self._links))
+
+    def upstream_ports(self):
+        return self._call(lambda: [l.socks[1].getsockname()[1] for l in self._links])
+
+    def close(self):
+        if self._thread.is_alive():
+            self._call(lambda: setattr(self, "_closed", True))
+            self._thread.join(10)
+
+    # ---- the proxy's thread -----------------------------------------------
+
+    def _call(self, fn):
+        """Run fn on the proxy's thread (between two selector waits); its result."""
+        if not self._thread.is_alive():
+            raise TestFailure(f"proxy on port {self.port}: its thread has ended")
+        done, box = threading.Event(), {}
+
+        def call():
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # handed to the caller
+                box["error"] = e
+            done.set()
+        self._calls.put(call)
+        self._wake_w.send(b"x")
+        if not done.wait(30):
+            raise TestFailure(f"proxy on port {self.port} did not answer")
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    def _listen(self):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        s.setblocking(False)
+        self.port = s.getsockname()[1]
+        self._lsock = s
+        self._sel.register(s, selectors.EVENT_READ, "listen")
+
+    def _loop(self):
+        while not self._closed:
+            for link in self._links:
+                self._want(link)
+            for key, events in self._sel.select(0.5):
+                if key.data == "wake":
+                    self._wake_r.recv(4096)
+                    while not self._calls.empty():
+                        self._calls.get()()
+                elif key.data == "listen":
+                    self._accept(key.fileobj)
+                elif key.data[0] in self._links:  # not dropped earlier in this round
+                    self._serve(*key.data, events)
+        for link in list(self._links):
+            self._drop(link, reset=False)
+        if self._lsock:
+            self._lsock.close()
+        self._sel.close()
+
+    def _accept(self, lsock):
+        try:
+            client, _ = lsock.accept()
+        except BlockingIOError:
+            return
+        try:
+            upstream = socket.create_connection(self.target, timeout=2)
+        except OSError:
+            _reset(client)
+            return
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+        self._links.append(_Link(client, upstream))
+
+    def _want(self, link):
+        """Register each socket for what it can do now."""
+        for i in (0, 1):
+            peer = 1 - i
+            mask = 0
+            if not self.paused:
+                if not link.eof[i] and len(link.out[peer]) < self.HIGH_WATER:
+                    mask |= selectors.EVENT_READ
+                if link.out[i]:
+                    mask |= selectors.EVENT_WRITE
+            sock = link.socks[i]
+            if mask and link.mask[i]:
+                self._sel.modify(sock, mask, (link, i))
+            elif mask:
+                self._sel.register(sock, mask, (link, i))
+            elif link.mask[i]:
+                self._sel.unregister(sock)
+            link.mask[i] = mask
+
+    def _serve(self, link, i, events):
+        sock, peer = link.socks[i], 1 - i
+        try:
+            if events & selectors.EVENT_READ:
+                data = sock.recv(self.CHUNK)
+                link.out[peer] += data
+                link.eof[i] = not data
+            if events & selectors.EVENT_WRITE:
+                del link.out[i][:sock.send(link.out[i])]
+            for j in (0, 1):  # pass a FIN on once what preceded it is written
+                if link.eof[j] and not link.out[1 - j] and not link.shut[1 - j]:
+                    link.socks[1 - j].shutdown(socket.SHUT_WR)
+                    link.shut[1 - j] = True
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset by one peer: reset the other
+            self._drop(link, reset=True)
+            return
+        if all(link.shut):
+            self._drop(link, reset=False)
+
+    def _drop(self, link, reset):
+        self._links.remove(link)
+        for i, sock in enumerate(link.socks):
+            if link.mask[i]:
+                self._sel.unregister(sock)
+            if reset:
+                _reset(sock)
+            else:
+                sock.close()
+
+
+def _reset(sock):
+    """Close with SO_LINGER 0: the peer gets RST, not FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class RowReport:
+    """compare_rows()'s answer: lists of keys (examples via sample())."""
+
+    def __init__(self):
+        self.missing, self.extra, self.wrong, self.dups = [], [], [], []
+
+    def sample(self, what, label=None):
+        """None if the list is empty, else 'N <label>, e.g. [...]'."""
+        keys = getattr(self, what)
+        return f"{len(keys)} {label or what}, e.g. {keys[:5]}" if keys else None
+
+    def samples(self, *what):
+        """sample() of each named list that is not empty, joined; None if all are."""
+        return "; ".join(filter(None, map(self.sample, what))) or None
+
+
+def compare_rows(rows, expected):
+    """rows: (key, value) pairs as found; expected: {key: value}. Reports the
+    expected keys not found (missing), keys not expected (extra), keys found
+    with another value (wrong) and each copy of a key beyond its first (dups)."""
+    r, seen = RowReport(), set()
+    for key, value in rows:
+        if key not in expected:
+            r.extra.append(key)
+            continue
+        if key in seen:
+            r.dups.append(key)
+        seen.add(key)
+        if value != expected[key]:
+            r.wrong.append(key)
+    r.missing = [k for k in expected if k not in seen]
+    return r
 
 
 class Sluice:
@@ -217,7 +500,9 @@ class Test:
         self.short = name[5:] if name.startswith("test_") else name
         self.suffix = secrets.token_hex(4)
         self.queues, self.exchanges, self.tables, self.procs = [], [], [], []
+        self.servers = SHARED
         self._amqp = self._ch = self._pg = None
+        self._cleanups = []
         self.checks = 0
         self.failed_sections = []
         LOGDIR.mkdir(parents=True, exist_ok=True)
@@ -271,19 +556,42 @@ class Test:
                 print(f"    {line}")
 
     def cleanup(self):
-        for s in self.procs:
-            s.close()
-        ch = self.channel()
-        for q in self.queues:
-            ch.queue_delete(q)
-        for x in self.exchanges:
-            ch.exchange_delete(x)
-        for table in self.tables:
-            self.sql(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-        if self._amqp:
-            self._amqp.close()
-        if self._pg:
-            self._pg.close()
+        try:
+            for s in self.procs:
+                s.close()
+            for q in self.queues:
+                self.channel().queue_delete(q)
+            for x in self.exchanges:
+                self.channel().exchange_delete(x)
+            for table in self.tables:
+                self.sql(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+            self.reset_connections()
+        finally:
+            for fn in reversed(self._cleanups):
+                try:
+                    fn()
+                except Exception as e:  # the next steps still run
+                    print(f"{self.name}: warning: cleanup step failed: {e!r}")
+
+    def on_cleanup(self, fn):
+        """Run fn() when the test ends, pass or fail, after its sluice processes,
+        queues and tables are gone; the last registered runs first."""
+        self._cleanups.append(fn)
+
+    def use_servers(self, servers):
+        """Work on another server pair (a Servers) from now on; call it before
+        creating queues or tables."""
+        self.reset_connections()
+        self.servers = servers
+
+    def reset_connections(self):
+        """Drop the cached AMQP and PostgreSQL connections (e.g. after their
+        server restarted); the next use connects again."""
+        for conn in (self._amqp, self._pg):
+            with contextlib.suppress(Exception):
+                if conn is not None:
+                    conn.close()
+        self._amqp = self._ch = self._pg = None
 
     # ---- checks -----------------------------------------------------------
 
@@ -312,6 +620,15 @@ class Test:
         shown = observed is not None and observed != [] and observed != ""
         print(f"  ok   {what}" + (f" [{observed}]" if shown else ""))
 
+    def expect(self, cond, what, observed=None):
+        """check() that records a failure and goes on; the test fails at the end."""
+        try:
+            self.check(cond, what, observed)
+        except TestFailure as e:
+            print(f"  FAIL {e}")
+            self.failed_sections.append(str(e))
+        return cond
+
     def eq(self, got, want, what):
         self.checks += 1
         if got != want:
@@ -332,23 +649,24 @@ class Test:
     def channel(self):
         if self._ch is None or self._ch.is_closed:
             if self._amqp is None or self._amqp.is_closed:
-                self._amqp = amqp_connect()
+                self._amqp = amqp_connect(self.servers.env["RABBITMQ_URL"])
             self._ch = self._amqp.channel()
         return self._ch
 
-    def queue(self, what="q"):
-        """Declare a fresh durable queue (deleted at the end); returns its name."""
+    def queue(self, what="q", arguments=None):
+        """Declare a fresh durable queue (deleted at the end), with optional
+        x-arguments; returns its name."""
         name = self.unique(what)
-        self.channel().queue_declare(name, durable=True)
+        self.channel().queue_declare(name, durable=True, arguments=arguments)
         self.channel().queue_purge(name)
         self.queues.append(name)
         self.tables.append(name)  # sluice's default table name
         return name
 
-    def exchange(self, what, queue, keys, kind="direct"):
+    def exchange(self, what, queue, keys, kind="direct", durable=False):
         name = self.unique(what)
         ch = self.channel()
-        ch.exchange_declare(name, kind, durable=False, auto_delete=False)
+        ch.exchange_declare(name, kind, durable=durable, auto_delete=False)
         self.exchanges.append(name)
         for k in keys:
             ch.queue_bind(queue, name, routing_key=k)
@@ -371,7 +689,9 @@ class Test:
         then wait until the queue holds n messages."""
         t0 = time.monotonic()
         ctx = multiprocessing.get_context("fork")
-        workers = [ctx.Process(target=_publish_worker, args=(queue, make, range(k, n, procs)))
+        url = self.servers.env["RABBITMQ_URL"]
+        workers = [ctx.Process(target=_publish_worker,
+                               args=(url, queue, make, range(k, n, procs)))
                    for k in range(procs)]
         for w in workers:
             w.start()
@@ -395,10 +715,8 @@ class Test:
 
     def broker_queue(self, queue):
         """{ready, unacked, consumers} from rabbitmqctl list_queues."""
-        out = subprocess.run(
-            [str(SERVERS), "rabbitmqctl", "-q", "list_queues", "--no-table-headers",
-             "name", "messages_ready", "messages_unacknowledged", "consumers"],
-            check=True, capture_output=True, text=True, timeout=60).stdout
+        out = self.servers.rabbitmqctl("-q", "list_queues", "--no-table-headers", "name",
+                                       "messages_ready", "messages_unacknowledged", "consumers")
         for line in out.splitlines():
             f = line.split("\t")
             if len(f) == 4 and f[0] == queue:
@@ -429,7 +747,7 @@ class Test:
 
     def pg(self):
         if self._pg is None or self._pg.closed:
-            self._pg = psycopg.connect(ENV["POSTGRES_DSN"], autocommit=True)
+            self._pg = psycopg.connect(self.servers.env["POSTGRES_DSN"], autocommit=True)
         return self._pg
 
     def sql(self, query, *params):
@@ -463,14 +781,16 @@ class Test:
         return dict(rows)
 
     @contextlib.contextmanager
-    def locked(self, table):
-        """Hold a SHARE lock on table (as superuser) for the with-block:
-        sluice's COPYs into it wait; reads and catalog queries do not."""
-        conn = psycopg.connect(ENV["SLUICE_PG_ADMIN_DSN"])
+    def locked(self, table, mode="SHARE"):
+        """Hold a lock on table (as superuser) for the with-block. SHARE:
+        sluice's COPYs into it wait, reads and catalog queries do not;
+        ACCESS EXCLUSIVE: everything touching the table waits."""
+        conn = psycopg.connect(self.servers.env["SLUICE_PG_ADMIN_DSN"])
         try:
             conn.execute("SET lock_timeout = '20s'")
-            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(table)))
-            print(f"  locked table {table}")
+            conn.execute(sql.SQL("LOCK TABLE {} IN {} MODE").format(sql.Identifier(table),
+                                                                   sql.SQL(mode)))
+            print(f"  locked table {table} ({mode})")
             yield conn
         finally:
             conn.rollback()
@@ -498,28 +818,17 @@ class Test:
         and nothing else may be there. Returns the number of duplicate rows."""
         rows = self.sql(sql.SQL("SELECT message_id, md5(body) FROM {}").format(
             sql.Identifier(table)))
-        seen, dups, wrong, extra = {}, [], [], []
-        for mid, digest in rows:
-            if mid not in expected:
-                extra.append(mid)
-                continue
-            if mid in seen:
-                dups.append(mid)
-            seen[mid] = seen.get(mid, 0) + 1
-            if digest != expected[mid]:
-                wrong.append(mid)
-        missing = [m for m in expected if m not in seen]
-        self.check(not missing, f"{table}: all {len(expected)} messages arrived",
-                   f"{len(missing)} missing, e.g. {missing[:5]}" if missing else None)
-        self.check(not extra, f"{table}: no unexpected rows",
-                   f"{len(extra)} unexpected, e.g. {extra[:5]}" if extra else None)
-        self.check(not wrong, f"{table}: every body is byte-identical (md5)",
-                   f"{len(wrong)} differ, e.g. {wrong[:5]}" if wrong else None)
+        r = compare_rows(rows, expected)
+        self.check(not r.missing, f"{table}: all {len(expected)} messages arrived",
+                   r.sample("missing"))
+        self.check(not r.extra, f"{table}: no unexpected rows", r.sample("extra", "unexpected"))
+        self.check(not r.wrong, f"{table}: every body is byte-identical (md5)",
+                   r.sample("wrong", "differ"))
         if exactly_once:
-            self.check(not dups, f"{table}: no message is stored twice",
-                       f"{len(dups)} duplicate rows, e.g. {dups[:5]}" if dups else None)
+            self.check(not r.dups, f"{table}: no message is stored twice",
+                       r.sample("dups", "duplicate rows"))
             self.eq(len(rows), len(expected), f"{table}: row count")
-        return len(dups)
+        return len(r.dups)
 
     # ---- sluice -----------------------------------------------------------
 
@@ -527,8 +836,8 @@ class Test:
         # SLUICE_IO passes through: tests/run.sh runs the suite on each backend.
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("SLUICE_") or k == "SLUICE_IO"}
-        env["RABBITMQ_URL"] = ENV["RABBITMQ_URL"]
-        env["POSTGRES_DSN"] = ENV["POSTGRES_DSN"]
+        env["RABBITMQ_URL"] = self.servers.env["RABBITMQ_URL"]
+        env["POSTGRES_DSN"] = self.servers.env["POSTGRES_DSN"]
         for k, v in (extra or {}).items():
             if v is None:
                 env.pop(k, None)
