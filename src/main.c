@@ -214,7 +214,7 @@ int main(int argc, char **argv)
 		log_info("--dead-letter reject: rows PostgreSQL rejects go back to the broker; "
 			 "without a dead-letter exchange on queue '%s' RabbitMQ drops them",
 			 cfg.queue);
-	struct sql_plan plan;
+	struct sql_plan plan = {0}; /* freed on every path, filled only when prepared */
 	enum prepared prep = prepare_tables(&cfg, &plan);
 	if (prep != PREPARED) {
 		sql_plan_free(&plan);

@@ -14,7 +14,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ASAN_BUILD=build/asan
 CC_SAN=${SAN_CC:-$(command -v clang-14 >/dev/null 2>&1 && echo clang-14 || echo clang)}
+# -ftrivial-auto-var-init=pattern: an uninitialised local holds 0xAA... rather
+# than whatever the stack had, so reading one fails the same way every run.
 SAN_FLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+SAN_FLAGS+=" -ftrivial-auto-var-init=pattern"
 SAN_LIBS="$(pkg-config --libs liburing librabbitmq libpq openssl) -pthread -lm -lmimalloc"
 
 unit_bins=()
