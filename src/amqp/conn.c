@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -27,14 +28,6 @@
 #define MQ_CONNECT_TIMEOUT_MS 10000
 #define MQ_HANDSHAKE_TIMEOUT_MS 30000
 #define MQ_DEFAULT_FRAME_MAX 131072
-/* Adaptive receive low-water mark: under load, wake for a receive only
- * once this much has arrived (SO_RCVLOWAT; TCP's poll honours it), so one
- * wake-up carries dozens of deliveries instead of a few; a receive that
- * waits longer than MQ_LOWAT_WAIT_MS lowers it to 1 byte again, which
- * bounds the added latency. Measured in PERF.md. */
-#define MQ_LOWAT 16384
-#define MQ_LOWAT_BUSY 4096 /* a receive this large means "under load" */
-#define MQ_LOWAT_WAIT_MS 2
 /* amqp_handle_input reports a protocol header from the server (it rejects
  * our version) as this frame type; rabbitmq-c keeps the name private. */
 #define MQ_FRAME_PROTOCOL_HEADER 'A'
@@ -548,13 +541,41 @@ bool mq_input(struct mq *m, const uint8_t *p, size_t n)
 
 /* ---- I/O ---------------------------------------------------------------- */
 
+/* Holding (mq_hold): the receive completes only once `lowat` bytes are
+ * in the socket (SO_RCVLOWAT: TCP's poll honours it, and a receive armed
+ * on an empty socket waits in that poll), so one wake-up carries a few
+ * hundred deliveries instead of a few. The kernel still wakes us early when
+ * the receive buffer runs short (tcp_rmem_pressure), so a hold never
+ * stalls the stream; a non-blocking first attempt may return less. */
 static void mq_set_lowat(struct mq *m, int lowat)
 {
-	if (m->lowat == lowat)
+	if (m->lowat == lowat || m->fd < 0)
 		return;
-	/* Lowering it wakes a pending poll at once if enough is there. */
+	/* Lowering it wakes a pending receive at once if enough is there
+	 * (tcp_set_rcvlowat calls tcp_data_ready). */
 	if (setsockopt(m->fd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat)) == 0)
 		m->lowat = lowat;
+}
+
+void mq_hold(struct mq *m, int lowat, int64_t until_ms)
+{
+	if (m->heartbeat_s > 0) {
+		/* Heartbeats sit in the socket too: read them in time. */
+		int64_t hb_at = m->last_recv_ms + (int64_t)m->heartbeat_s * 1000 / 2;
+		until_ms = until_ms < hb_at ? until_ms : hb_at;
+	}
+	m->hold_lowat = lowat > 1 ? lowat : 1;
+	m->hold_until_ms = until_ms;
+}
+
+bool mq_unhold(struct mq *m)
+{
+	m->hold_lowat = 1;
+	if (m->lowat <= 1)
+		return false;
+	mq_set_lowat(m, 1);
+	int queued = 0;
+	return m->recv_armed && ioctl(m->fd, FIONREAD, &queued) == 0 && queued > 0;
 }
 
 int mq_pump(struct mq *m, struct loop *l, int64_t now_ms)
@@ -563,8 +584,7 @@ int mq_pump(struct mq *m, struct loop *l, int64_t now_ms)
 	if (m->fd < 0 || m->state == MQ_FAILED)
 		return 0;
 	if (!m->recv_armed && !m->recv_paused && m->state != MQ_CLOSED) {
-		mq_set_lowat(m, m->busy ? MQ_LOWAT : 1);
-		m->lowat_deadline_ms = now_ms + MQ_LOWAT_WAIT_MS;
+		mq_set_lowat(m, now_ms < m->hold_until_ms ? m->hold_lowat : 1);
 		rc = loop_recv(l, m->fd, m->in, MQ_IN_SIZE, m->p.tag_recv);
 		if (rc < 0)
 			return rc;
@@ -600,7 +620,6 @@ bool mq_on_recv(struct mq *m, int res, int64_t now_ms)
 	if (res < 0)
 		return mq_fail(m, "receive failed: %s", strerror(-res));
 	m->last_recv_ms = now_ms;
-	m->busy = res >= MQ_LOWAT_BUSY;
 	return mq_input(m, m->in, (size_t)res);
 }
 
@@ -639,13 +658,11 @@ int64_t mq_tick(struct mq *m, int64_t now_ms)
 			return m->handshake_deadline_ms;
 	}
 	int64_t lowat_at = INT64_MAX;
-	if (m->recv_armed && m->lowat > 1) {
-		if (now_ms >= m->lowat_deadline_ms) {
-			m->busy = false;
+	if (m->lowat > 1) {
+		if (now_ms >= m->hold_until_ms)
 			mq_set_lowat(m, 1);
-		} else {
-			lowat_at = m->lowat_deadline_ms;
-		}
+		else
+			lowat_at = m->hold_until_ms;
 	}
 	if (m->heartbeat_s == 0 || m->state == MQ_FAILED || m->state == MQ_CLOSED)
 		return lowat_at;

@@ -58,9 +58,9 @@ struct mq {
 	uint8_t *in;		 /* receive buffer */
 	bool recv_armed;
 	bool recv_paused;	 /* backpressure: owner stops reading */
-	bool busy;		 /* the last receive was large: raise the low-water mark */
 	int lowat;		 /* SO_RCVLOWAT as set; 0 = never set (the kernel's 1) */
-	int64_t lowat_deadline_ms; /* then a receive still pending lowers it */
+	int hold_lowat;		 /* mq_hold: wake for this many bytes ... */
+	int64_t hold_until_ms;	 /* ... or at this time, whichever comes first */
 	struct buf out;		 /* frames queued, not yet handed to the kernel */
 	struct buf sending;	 /* frames in one send in flight (never realloc'd then) */
 	size_t sending_off;
@@ -92,8 +92,16 @@ int mq_pump(struct mq *m, struct loop *l, int64_t now_ms);
 /* Completions of our receive and send; false when the connection failed. */
 bool mq_on_recv(struct mq *m, int res, int64_t now_ms) __attribute__((warn_unused_result));
 bool mq_on_send(struct mq *m, int res) __attribute__((warn_unused_result));
+/* The owner does not need deliveries before until_ms (monotonic) unless
+ * about `lowat` bytes of them have arrived: wake for the receive only then
+ * (a heartbeat due earlier shortens the hold). Applies to the next receive
+ * armed; lowat <= 1 is no hold. Call it every turn, before mq_pump. */
+void mq_hold(struct mq *m, int lowat, int64_t until_ms);
+/* The owner needs the deliveries now: end a hold. True when a receive is
+ * armed and bytes wait in the socket: they complete in the next wait. */
+bool mq_unhold(struct mq *m);
 /* Heartbeats: send when due, fail when the peer has been silent too long;
- * and the receive low-water mark's deadline. Returns the next deadline
+ * and the end of a hold. Returns the next deadline
  * (monotonic ms) or INT64_MAX. */
 int64_t mq_tick(struct mq *m, int64_t now_ms);
 
