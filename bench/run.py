@@ -20,7 +20,9 @@ Scenarios:
   b  two queues, one consumer process per queue (sluice: --shards 1 each), CPU summed
   c  one queue, 4 KiB JSON (quick 10k, full 250k; seed-python 5k / 30k)
   d  rate-limited: loadgen publishes at half of sluice's peak from (a) while the
-     consumer runs; latency = ingested_at - x-publish-us, p50/p99 from SQL
+     consumer runs; latency = commit time of the row's transaction
+     (pg_xact_commit_timestamp(xmin); tools/servers.sh turns on
+     track_commit_timestamp) - x-publish-us, p50/p99 from SQL
   e  backlog (quick 500k, full 3M) drained by sluice alone, VmRSS sampled every second
 
 Environment:
@@ -279,6 +281,22 @@ class Env:
     def create(self, table):
         self.drop(table)
         self.q(self.sql.SQL(ENVELOPE_DDL).format(self.ident(table)))
+
+    def latency_ms(self, table, since_us):
+        """Publish -> commit of the rows published at or after since_us:
+        (count, p50, p99, max) in ms. The commit time is PostgreSQL's own
+        (pg_xact_commit_timestamp of the row's xmin), the same for every
+        system; x-publish-us is loadgen's --timestamp-us header."""
+        if self.q("SHOW track_commit_timestamp")[0][0] != "on":
+            sys.exit("bench: PostgreSQL's track_commit_timestamp is off (a server started"
+                     " by an older tools/servers.sh): run tools/servers.sh stop, then start")
+        n, pct, top = self.q(self.sql.SQL(
+            "SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY l),"
+            " max(l) FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000"
+            " - (headers->>'x-publish-us')::float8 / 1000 AS l FROM {}"
+            " WHERE (headers->>'x-publish-us')::bigint >= %s) s").format(self.ident(table)),
+            (since_us,))[0]
+        return (n, None, None, None) if not n else (n, pct[0], pct[1], top)
 
     def amqp(self):
         return self.pika.BlockingConnection(self.pika.URLParameters(self.url))
@@ -647,24 +665,17 @@ class Bench:
             # and for a settling time after it was ready (at most 1 s, at most
             # a fifth of the publishing): that backlog is start-up, not latency.
             # (In runs too short for that, fall back to every message.)
-            # ingested_at is the time of receipt for sluice and the batching
-            # peers (sluice stamps it so; they do the same), now() of the
-            # per-message transaction for seed-python.
             warm = run.get("startup_s", 0) + min(1.0, 0.2 * msgs / rate)
             for since in (int((spawn + warm) * 1e6), 0):
-                lat = E.q(self.sql(
-                    "SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP"
-                    " (ORDER BY l), max(l) FROM (SELECT extract(epoch FROM ingested_at) * 1000"
-                    " - (headers->>'x-publish-us')::float8 / 1000 AS l FROM {}"
-                    " WHERE (headers->>'x-publish-us')::bigint >= %s) s", table), (since,))[0]
+                lat = E.latency_ms(table, since)
                 if lat[0]:
                     break
             run["rate"] = rate
             run["latency_samples"] = lat[0]
             if lat[0]:
-                run["latency_p50_ms"] = round(lat[1][0], 3)
-                run["latency_p99_ms"] = round(lat[1][1], 3)
-                run["latency_max_ms"] = round(lat[2], 3)
+                run["latency_p50_ms"] = round(lat[1], 3)
+                run["latency_p99_ms"] = round(lat[2], 3)
+                run["latency_max_ms"] = round(lat[3], 3)
         run["ok"] = not problems
         if problems:
             run["problems"] = problems

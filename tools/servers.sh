@@ -183,6 +183,8 @@ listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '${PG_SOCK//\'/\'\'}'
 max_connections = 200
+# bench/run.py measures latency to the commit: pg_xact_commit_timestamp(xmin)
+track_commit_timestamp = on
 EOF
     if ((EUID == 0)); then chown "$PG_USER:" "$conf"; fi
 }
