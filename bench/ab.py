@@ -7,8 +7,8 @@
 Drain mode (default): pre-fill --msgs 200-byte JSON events, then each build
 drains them with --until-empty. Rate mode (--rate): each build consumes while
 loadgen publishes at R msgs/s for S seconds; latency = publish -> commit,
-p50/p99 (bench/run.py's Env.latency_ms). Rounds alternate which build goes first. Reported per
-build, the median over rounds of: CPU µs per message (user+sys from rusage),
+p50/p99 (bench/run.py's Env.latency_ms). Rounds alternate which build goes
+first. Reported per build, the median over rounds of: CPU µs per message (user+sys from rusage),
 voluntary context switches per 1000 messages (the shard's wake-ups, mostly),
 and in rate mode the latency. Throughput is left to bench/run.py: with one
 queue it is the broker's, not sluice's.
@@ -31,12 +31,10 @@ QUEUE = TABLE = "bench_ab"
 
 def consume(env, binary, args, until_empty):
     """Start sluice; returns the Popen."""
-    penv = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    penv.update(RABBITMQ_URL=env.url, POSTGRES_DSN=env.dsn)
     argv = [binary, "--queue", QUEUE, "--table", TABLE, "--stats-interval", "0", *args]
     if until_empty:
         argv.append("--until-empty")
-    return subprocess.Popen(argv, env=penv, stdin=subprocess.DEVNULL,
+    return subprocess.Popen(argv, env=env.consumer_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -266,6 +266,19 @@ class Env:
         self.tmp = Path(tmp)
         self.db = psycopg.connect(self.dsn, autocommit=True)
         self.sql = psycopg.sql
+        # latency_ms needs it; say so before a long run, not in its scenario d.
+        if self.q("SHOW track_commit_timestamp")[0][0] != "on":
+            sys.exit("bench: PostgreSQL's track_commit_timestamp is off (a server started"
+                     " by an older tools/servers.sh): run tools/servers.sh stop, then start")
+
+    def consumer_env(self):
+        """The environment of a consumer under test: the servers', and no
+        SLUICE_* option from the caller's (sluice means its defaults; the
+        servers' own SLUICE_* ports come back with srv)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+        env.update(self.srv)
+        env.pop("PYTHONPATH", None)
+        return env
 
     def q(self, query, params=None):
         with self.db.cursor() as cur:
@@ -287,9 +300,6 @@ class Env:
         (count, p50, p99, max) in ms. The commit time is PostgreSQL's own
         (pg_xact_commit_timestamp of the row's xmin), the same for every
         system; x-publish-us is loadgen's --timestamp-us header."""
-        if self.q("SHOW track_commit_timestamp")[0][0] != "on":
-            sys.exit("bench: PostgreSQL's track_commit_timestamp is off (a server started"
-                     " by an older tools/servers.sh): run tools/servers.sh stop, then start")
         n, pct, top = self.q(self.sql.SQL(
             "SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY l),"
             " max(l) FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000"
@@ -510,17 +520,9 @@ class Bench:
     def count(self, key):
         return max(100, int(self.sizes[key] * self.scale))
 
-    def base_env(self):
-        # No SLUICE_* option from the caller's environment: "sluice" means its
-        # defaults. (The servers' own SLUICE_* ports come back with srv.)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-        env.update(self.env.srv)
-        env.pop("PYTHONPATH", None)
-        return env
-
     def commands(self, system, queue, table, shards):
         """argv and environment of one consumer process for one queue."""
-        env = self.base_env()
+        env = self.env.consumer_env()
         if system in ("sluice", "sluice-best"):
             argv = [str(SLUICE), "--until-empty", "--stats-interval", "0", "--log-level", "debug"]
             if shards:
@@ -556,7 +558,7 @@ class Bench:
             procs = [Proc(f"{system}-{i}", ["psql", E.dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1",
                                             "-c", f"\\copy {table} ({ENVELOPE_COLS}) FROM "
                                                   f"'{f}' (FORMAT binary)"],
-                          self.base_env(), logdir) for i, f in enumerate(files)]
+                          self.env.consumer_env(), logdir) for i, f in enumerate(files)]
             msgs = run["msgs"] = self.psql_rows[scen]
         else:
             E.drop(table)
@@ -697,7 +699,7 @@ class Bench:
             subprocess.run(["psql", self.env.dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
                             f"\\copy (SELECT {ENVELOPE_COLS} FROM {table} WHERE routing_key ="
                             f" {literal}) TO '{f}' (FORMAT binary)"],
-                           check=True, env=self.base_env())
+                           check=True, env=self.env.consumer_env())
             files.append(f)
         self.psql_files[scen] = files
         self.psql_rows[scen] = self.env.q(self.sql("SELECT count(*) FROM {}", table))[0][0]
